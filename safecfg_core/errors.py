@@ -1,0 +1,54 @@
+"""The pack's exception types.
+
+Every error a user can trigger (a wrong file, a model/HGR mismatch, NaN conditioning, a bad prompt list) gets
+its own type so the ComfyUI nodes can show it as-is and tests can check it precisely. Messages always say
+what was wrong *and* what to do about it. The input-validation errors subclass ``ValueError`` so generic
+callers that catch ``ValueError`` keep working.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class SafeCFGError(Exception):
+    """Base class of every exception this pack raises on purpose."""
+
+
+class HGRFileError(SafeCFGError, ValueError):
+    """An HGR file could not be used: missing, not safetensors, a pickle, truncated, not an HGR, bad version."""
+
+
+class HGRMismatchError(SafeCFGError, ValueError):
+    """The HGR was trained for a different text-encoder width / model family than the model it meets."""
+
+
+class NonFiniteInputError(SafeCFGError, ValueError):
+    """A conditioning, latent or HGR output contains NaN or inf (never passed on silently)."""
+
+
+class TrainingInputError(SafeCFGError, ValueError):
+    """The prompt set, training configuration or checkpoint given to HGR training is unusable."""
+
+
+class TrainingCancelled(SafeCFGError):
+    """Training stopped on request (progress callback); the last checkpoint, if any, is kept.
+
+    ``step`` is the number of completed optimisation steps and ``checkpoint_path`` the file that holds them
+    (None when training ran without checkpoints), so a caller can resume from exactly there.
+    """
+
+    def __init__(self, message: str = "HGR training was cancelled.", step: int = 0,
+                 checkpoint_path: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint_path = checkpoint_path
+
+
+__all__ = [
+    "SafeCFGError",
+    "HGRFileError",
+    "HGRMismatchError",
+    "NonFiniteInputError",
+    "TrainingInputError",
+    "TrainingCancelled",
+]
