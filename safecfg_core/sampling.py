@@ -24,25 +24,14 @@ Batch layout used by the helpers: ``P`` prompts x ``S`` seeds run as ``N = P * S
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .conditioning import Cond, Denoiser
+from .guidance import cfg_combine  # the one CFG formula: SafeCFG with u* == u is CFG bit for bit
 from .schedules import DiscreteSchedule, get_sigmas
-
-try:  # the one CFG combination shared by every guided path (same op order => SafeCFG(u*=u) == CFG bit for bit)
-    from .guidance import cfg_combine
-except ImportError as _exc:  # pragma: no cover - only while guidance.py has not landed
-    import importlib.util as _ilu
-
-    if _ilu.find_spec(__package__ + ".guidance") is not None:
-        raise
-
-    def cfg_combine(d_cond: torch.Tensor, d_uncond: torch.Tensor, w) -> torch.Tensor:  # type: ignore[no-redef]
-        return d_uncond + w * (d_cond - d_uncond)
-
 
 GuidedDenoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``guided(x [B,C,H,W], sigma [B]) -> denoised [B,C,H,W]``: what a sampler calls each step."""
