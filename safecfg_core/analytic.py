@@ -118,6 +118,8 @@ class AnalyticDenoiser(nn.Module):
         for s in latent_shape:
             n *= s
         self.register_buffer("A", _fixed_randn((n, token_dim), str(seed), "<A>") * (gain / token_dim ** 0.5))
+        # Subtracted from the token mean so the empty prompt's mean sits near 0 (pure numerical comfort).
+        self.register_buffer("center", torch.zeros(token_dim))
         self.pooled_dim = pooled_dim
         if pooled_dim:
             self.register_buffer("B", _fixed_randn((n, pooled_dim), str(seed), "<B>") * (gain / pooled_dim ** 0.5))
@@ -126,7 +128,7 @@ class AnalyticDenoiser(nn.Module):
 
     def mean(self, cond: Cond) -> torch.Tensor:
         """``mu(cond)`` as latents ``[B, *latent_shape]`` (float32)."""
-        m = cond.tokens.float().mean(1) @ self.A.t()
+        m = (cond.tokens.float().mean(1) - self.center) @ self.A.t()
         if self.pooled_dim and cond.pooled is not None:
             m = m + cond.pooled.float() @ self.B.t()
         return m.reshape((-1,) + self.latent_shape)
@@ -225,6 +227,7 @@ class AnalyticWorld:
 def load_analytic_world(token_dim: int = 32, pooled_dim: int = 0, seed: int = 0) -> AnalyticWorld:
     enc = ToyTextEncoder(token_dim=token_dim, seed=seed, pooled_dim=pooled_dim)
     den = AnalyticDenoiser(token_dim=token_dim, seed=seed, pooled_dim=pooled_dim)
+    den.center.copy_(enc([""]).tokens[0].mean(0))
     clean, harmful = analytic_prompts("train")
     cfg = HGRConfig(token_dim=token_dim, pooled_dim=pooled_dim, model_family="analytic", width=64, depth=2, heads=4)
     return AnalyticWorld(
