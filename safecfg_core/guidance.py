@@ -286,20 +286,23 @@ def concept_directions(text_encoder: Callable[[Sequence[str]], Cond], categories
 
 
 def category_attribution(delta: Cond, directions: Mapping[str, Cond]) -> Dict[str, torch.Tensor]:
-    """Cosine similarity ``[B]`` between each row of ``Delta`` and each category's direction.
+    """Cosine similarity ``[B]`` between each row's *average token shift* ``mean_t(Delta)`` and each category's.
 
-    The category with the largest cosine is the harm the HGR is steering away from; used in detection reports.
-    Token lengths are reconciled with ComfyUI's repetition rule, which leaves cosines unchanged.
+    The category with the largest cosine is the harm the HGR is steering away from (used in detection reports).
+    Averages over tokens are compared, not token-by-token, because the HGR may place the change at other token
+    positions than where the concept's words sit; the pooled part (if both have one) is appended.
     """
+    a = delta.tokens.float().mean(1)
+    if delta.pooled is not None:
+        a_full = torch.cat([a, delta.pooled.float()], 1)
     out: Dict[str, torch.Tensor] = {}
     for name, d in directions.items():
-        a, b = pad_to_common_length([delta.tokens.float(), d.tokens.float().to(delta.tokens.device)])
-        a = a.flatten(1)
-        b = b.flatten(1).expand_as(a)
+        b = d.tokens.float().to(a.device).mean(1).expand_as(a)
+        aa = a
         if delta.pooled is not None and d.pooled is not None:
-            a = torch.cat([a, delta.pooled.float()], 1)
+            aa = a_full
             b = torch.cat([b, d.pooled.float().to(a.device).expand(a.shape[0], -1)], 1)
-        out[name] = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)
+        out[name] = torch.nn.functional.cosine_similarity(aa, b, dim=1, eps=1e-12)
     return out
 
 

@@ -304,6 +304,9 @@ def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], metadata: Mappi
         save_file(contiguous, tmp, metadata=dict(metadata))
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp, path)
     except BaseException:
         try:
