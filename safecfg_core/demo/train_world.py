@@ -1,0 +1,392 @@
+"""Train the demo world: ``python -m safecfg_core.demo.train_world --stage {vae,data,denoiser,evaluator,check,all}``.
+
+Stages (each reproducible from ``--seed``; all data comes from the renderer):
+- ``vae``: autoencoder on a pool of renders -> ``weights/vae.safetensors``.
+- ``data``: training prompts (train phrasings only) encoded once with MiniLM, several renders per prompt encoded
+  once to latents; cached under ``.cache/demo_world/`` (never committed).
+- ``denoiser``: eps-prediction DiT on the cached latents with caption dropout -> ``weights/denoiser.safetensors``.
+- ``evaluator``: CNN on renders and their VAE round trips -> ``weights/evaluator.safetensors``.
+- ``check``: plain-CFG samples for fresh prompts (train and held-out phrasings), judged by the evaluator.
+Runs on CPU (``--threads``, default 2); a GPU is used when present and ``--device cuda`` is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+
+from .denoiser import DEFAULT_CONFIG as DIT_CONFIG
+from .denoiser import DemoDiT
+from .evaluator import HEADS, DemoEvaluator
+from .prompts import CONCEPTS, sample_prompts
+from .render import labels_of, random_scenes, render_scenes, save_grid
+from .vae import DemoVAE
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WEIGHTS = os.path.join(HERE, "weights")
+REPO = os.path.dirname(os.path.dirname(HERE))
+CACHE = os.path.join(REPO, ".cache", "demo_world")
+
+
+def log(*a):
+    print(time.strftime("%H:%M:%S"), *a, flush=True)
+
+
+def save_weights(module: torch.nn.Module, path: str, meta: Dict[str, object], fp16: bool = True) -> None:
+    from safetensors.torch import save_file
+
+    sd = {}
+    for k, v in module.state_dict().items():
+        if v.dtype.is_floating_point and fp16 and not k.endswith(("shift", "scale")) and "running_" not in k:
+            v = v.half()
+        sd[k] = v.detach().contiguous().cpu()
+    save_file(sd, path, metadata={k: json.dumps(v) for k, v in meta.items()})
+    log(f"saved {path} ({os.path.getsize(path) / 1e6:.2f} MB)")
+
+
+def render_pool(n: int, seed: int, chunk: int = 1000, harm_fraction: float = 0.4, both_fraction: float = 0.05):
+    scenes = random_scenes(n, seed=seed, harm_fraction=harm_fraction, both_fraction=both_fraction)
+    imgs = [render_scenes(scenes[i:i + chunk], seed=seed * 1000 + i) for i in range(0, n, chunk)]
+    return scenes, torch.cat(imgs)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10 * torch.log10(mse)
+
+
+# ------------------------------------------------------------------------------------------------------ VAE
+def stage_vae(args) -> None:
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    _, pool = render_pool(args.vae_pool, seed=args.seed + 11)
+    pool8 = (pool * 255).round().to(torch.uint8)
+    del pool
+    log(f"vae: rendered pool {tuple(pool8.shape)} in {time.time() - t0:.0f}s")
+    vae = DemoVAE().to(args.device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    steps, bs = args.vae_steps, 64
+    g = torch.Generator().manual_seed(args.seed)
+    for step in range(steps):
+        lr = 2e-3 * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for pg in opt.param_groups:
+            pg["lr"] = lr
+        idx = torch.randint(0, pool8.shape[0], (bs,), generator=g)
+        x = pool8[idx].float().div(255).to(args.device)
+        z = vae.encode_raw(x)
+        zn = z + 0.05 * torch.randn_like(z) * z.detach().std()
+        y = vae.decode_raw(zn)
+        rec = (y - x).pow(2).mean() + 0.1 * (y - x).abs().mean()
+        loss = rec + 1e-4 * z.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 200 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} loss {loss.item():.5f} psnr {psnr(y.clamp(0, 1), x).mean().item():.2f}")
+    vae.eval()
+    with torch.no_grad():
+        zs = torch.cat([vae.encode_raw(pool8[i:i + 512].float().div(255).to(args.device)) for i in range(0, 4096, 512)])
+        vae.shift.copy_(zs.mean((0, 2, 3), keepdim=True))
+        vae.scale.copy_(zs.std((0, 2, 3), keepdim=True))
+        _, test = render_pool(1000, seed=args.seed + 999)
+        test = test.to(args.device)
+        rec = vae.decode_nchw(vae.encode_nchw(test))
+        p = psnr(rec, test)
+        zt = vae.encode_nchw(test)
+    metrics = {"psnr_mean": round(p.mean().item(), 3), "psnr_p05": round(p.quantile(0.05).item(), 3),
+               "latent_std": round(zt.std().item(), 4), "latent_mean": round(zt.mean().item(), 4)}
+    log(f"vae done in {time.time() - t0:.0f}s: {metrics}")
+    save_grid(torch.cat([test[:8], rec[:8]]).cpu(), os.path.join(CACHE, "vae_recon.png"), ncol=8)
+    save_weights(vae, os.path.join(WEIGHTS, "vae.safetensors"),
+                 {"config": vae.config, "seed": args.seed, "steps": steps, "batch": bs, "metrics": metrics,
+                  "format": "safecfg-demo-vae-1"})
+
+
+def load_vae(device) -> DemoVAE:
+    from .world import load_module
+
+    return load_module(DemoVAE, os.path.join(WEIGHTS, "vae.safetensors"), device)
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def stage_data(args) -> None:
+    from safetensors.torch import save_file
+
+    from .text_encoder import DemoTextEncoder
+
+    t0 = time.time()
+    samples = sample_prompts(args.n_prompts, seed=args.seed + 21, split="train", harm_fraction=0.45,
+                             both_fraction=0.05)
+    texts = [""] + [s.text for s in samples]
+    scenes = [s.scene for s in samples]
+    text_idx = list(range(1, len(samples) + 1))
+    # concept-only prompts ("blood, gore" / "knife, weapon") with random scenes of that harm
+    rng = random.Random(args.seed + 22)
+    for j, (harm, ctext) in enumerate(CONCEPTS.items()):
+        texts.append(ctext)
+        for s in random_scenes(args.n_concept, seed=args.seed + 30 + j, harm_fraction=0.0):
+            scenes.append(s.__class__(s.shape, s.color, s.background, s.size, s.position,
+                                      gore=harm == "gore", weapon=harm == "weapon"))
+            text_idx.append(len(texts) - 1)
+    enc = DemoTextEncoder(device=args.device)
+    states = enc(texts).tokens.half().cpu()
+    log(f"data: encoded {len(texts)} texts in {time.time() - t0:.0f}s")
+    vae = load_vae(args.device).eval()
+    R = args.renders
+    lat, tix = [], []
+    with torch.no_grad():
+        for r in range(R):
+            for i in range(0, len(scenes), 1000):
+                imgs = render_scenes(scenes[i:i + 1000], seed=args.seed * 7 + r * 100003 + i)
+                lat.append(vae.encode_nchw(imgs.to(args.device)).cpu())
+            tix.extend(text_idx)
+            log(f"data: renders {r + 1}/{R}")
+    lat = torch.cat(lat)
+    os.makedirs(CACHE, exist_ok=True)
+    save_file({"states": states, "latents": lat.contiguous(), "text_idx": torch.tensor(tix)},
+              os.path.join(CACHE, "denoiser_data.safetensors"))
+    with open(os.path.join(CACHE, "denoiser_texts.json"), "w") as f:
+        json.dump(texts, f)
+    log(f"data done in {time.time() - t0:.0f}s: {len(texts)} texts, latents {tuple(lat.shape)}, "
+        f"latent std {lat.std().item():.3f}")
+
+
+# ------------------------------------------------------------------------------------------------------ denoiser
+def alphas_cumprod() -> torch.Tensor:
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+def stage_denoiser(args) -> None:
+    from safetensors.torch import load_file
+
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    data = load_file(os.path.join(CACHE, "denoiser_data.safetensors"))
+    states, lat, tix = data["states"], data["latents"], data["text_idx"]
+    ac = alphas_cumprod()
+    cfg = dict(DIT_CONFIG)
+    cfg.update(width=args.width, depth=args.depth)
+    net = DemoDiT(**cfg).to(args.device)
+    ema = DemoDiT(**cfg).to(args.device)
+    ema.load_state_dict(net.state_dict())
+    ema.requires_grad_(False)
+    log(f"denoiser: {sum(p.numel() for p in net.parameters())} params, {lat.shape[0]} latents, "
+        f"{states.shape[0]} texts")
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.01)
+    steps, bs = args.steps, args.batch
+    g = torch.Generator().manual_seed(args.seed + 5)
+    deadline = t0 + args.max_minutes * 60
+    losses = []
+    step = 0
+    for step in range(steps):
+        lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for pg in opt.param_groups:
+            pg["lr"] = lr
+        idx = torch.randint(0, lat.shape[0], (bs,), generator=g)
+        x0 = lat[idx]
+        ti = tix[idx].clone()
+        drop = torch.rand(bs, generator=g) < args.p_uncond
+        ti[drop] = 0
+        ctx = states[ti].float()
+        t = torch.randint(0, 1000, (bs,), generator=g)
+        a = ac[t].view(bs, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=g)
+        x_in = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        eps = net(x_in.to(args.device), t.float().to(args.device), context=ctx.to(args.device))
+        loss = F.mse_loss(eps, noise.to(args.device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        d = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pn in zip(ema.parameters(), net.parameters()):
+                pe.lerp_(pn, 1 - d)
+        losses.append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            log(f"denoiser step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} lr {lr:.2e} "
+                f"{time.time() - t0:.0f}s")
+        if step % 500 == 499:
+            _save_denoiser(ema, cfg, args, step + 1, losses)
+        if time.time() > deadline:
+            log(f"denoiser: time budget reached at step {step + 1}")
+            break
+    _save_denoiser(ema, cfg, args, step + 1, losses)
+    log(f"denoiser done in {time.time() - t0:.0f}s")
+
+
+def _save_denoiser(ema, cfg, args, steps, losses) -> None:
+    save_weights(ema, os.path.join(WEIGHTS, "denoiser.safetensors"),
+                 {"config": cfg, "seed": args.seed, "steps": steps, "batch": args.batch, "lr": args.lr,
+                  "p_uncond": args.p_uncond, "ema": args.ema, "prediction": "eps",
+                  "schedule": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012,
+                               "num_timesteps": 1000},
+                  "final_loss": round(sum(losses[-200:]) / max(1, len(losses[-200:])), 5),
+                  "format": "safecfg-demo-denoiser-1"})
+
+
+# ------------------------------------------------------------------------------------------------------ evaluator
+def stage_evaluator(args) -> None:
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    scenes, pool = render_pool(args.eval_pool, seed=args.seed + 41, harm_fraction=0.5, both_fraction=0.1)
+    vae = load_vae(args.device).eval()
+    with torch.no_grad():
+        rt = torch.cat([vae.decode_nchw(vae.encode_nchw(pool[i:i + 500].to(args.device))).cpu()
+                        for i in range(0, pool.shape[0], 500)])
+    images = torch.cat([pool, rt])
+    labels = {k: torch.cat([v, v]) for k, v in labels_of(scenes).items()}
+    del pool, rt
+    log(f"evaluator: pool {tuple(images.shape)} in {time.time() - t0:.0f}s")
+    ev = DemoEvaluator().to(args.device)
+    opt = torch.optim.AdamW(ev.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps, bs = args.eval_steps, 128
+    g = torch.Generator().manual_seed(args.seed + 42)
+    for step in range(steps):
+        lr = 2e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for pg in opt.param_groups:
+            pg["lr"] = lr
+        idx = torch.randint(0, images.shape[0], (bs,), generator=g)
+        x = images[idx].to(args.device)
+        # mild photometric noise so decoded diffusion samples look in-distribution
+        x = (x + 0.02 * torch.randn(x.shape, generator=g).to(args.device)).clamp(0, 1)
+        out = ev(x)
+        loss = sum(F.cross_entropy(out[k], labels[k][idx].to(args.device)) for k in ("shape", "color", "background"))
+        loss = loss + sum(F.binary_cross_entropy_with_logits(out[k][:, 0], labels[k][idx].to(args.device))
+                          for k in ("gore", "weapon"))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 200 == 0 or step == steps - 1:
+            log(f"evaluator step {step}/{steps} loss {loss.item():.4f}")
+    ev.eval()
+    metrics = evaluator_accuracy(ev, vae, args.seed + 4242, args.device)
+    log(f"evaluator done in {time.time() - t0:.0f}s: {metrics}")
+    save_weights(ev, os.path.join(WEIGHTS, "evaluator.safetensors"),
+                 {"config": ev.config, "seed": args.seed, "steps": steps, "batch": bs, "metrics": metrics,
+                  "format": "safecfg-demo-evaluator-1"})
+
+
+@torch.no_grad()
+def evaluator_accuracy(ev, vae, seed: int, device="cpu", n: int = 2000) -> Dict[str, float]:
+    scenes, imgs = render_pool(n, seed=seed, harm_fraction=0.5, both_fraction=0.1)
+    lab = labels_of(scenes)
+    out = {}
+    for name, x in (("render", imgs), ("vae", None)):
+        if x is None:
+            x = torch.cat([vae.decode_nchw(vae.encode_nchw(imgs[i:i + 500].to(device))).cpu()
+                           for i in range(0, n, 500)])
+        logits = {k: [] for k in HEADS}
+        for i in range(0, n, 500):
+            o = ev(x[i:i + 500].to(device))
+            for k in HEADS:
+                logits[k].append(o[k].cpu())
+        for k in HEADS:
+            lg = torch.cat(logits[k])
+            pred = lg.argmax(1) if HEADS[k] > 1 else (lg[:, 0] > 0).float()
+            out[f"{name}_{k}"] = round((pred == lab[k]).float().mean().item(), 4)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ check
+@torch.no_grad()
+def stage_check(args) -> Dict[str, float]:
+    from .world import load_demo_world
+    from ..sampling import CFGDenoise, DiscreteEpsDenoiser, sample
+
+    t0 = time.time()
+    world = load_demo_world()
+    den = DiscreteEpsDenoiser(world.net, world.schedule)
+    u = world.text_encoder([""])
+    results = {}
+    for split in ("train", "heldout"):
+        ps = sample_prompts(args.check_n, seed=args.seed + 777 + (split == "heldout"), split=split,
+                            harm_fraction=0.5)
+        c = world.text_encoder([p.text for p in ps])
+        lat = []
+        for i in range(0, len(ps), 64):
+            ci = c.index(slice(i, i + 64))
+            n = ci.batch_size
+            noise = torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(args.seed + i))
+            lat.append(sample(CFGDenoise(den, ci, u, args.cfg), world.schedule, noise=noise, steps=args.check_steps))
+        lat = torch.cat(lat)
+        imgs = world.vae.decode_nchw(lat)
+        pred = world.evaluator.predict(imgs)
+        harmful = [i for i, p in enumerate(ps) if p.harmful]
+        clean = [i for i, p in enumerate(ps) if not p.harmful]
+
+        def content_ok(i):
+            s = ps[i].scene
+            return pred["shape"][i] == s.shape and pred["color"][i] == s.color and pred["background"][i] == s.background
+
+        def harm_ok(i):
+            s = ps[i].scene
+            return all(bool(pred[h][i]) for h in s.harms)
+
+        r = {
+            "harm_drawn": sum(harm_ok(i) for i in harmful) / max(1, len(harmful)),
+            "harmful_content": sum(content_ok(i) for i in harmful) / max(1, len(harmful)),
+            "clean_fidelity": sum(content_ok(i) for i in clean) / max(1, len(clean)),
+            "clean_harm_free": sum(not (pred["gore"][i] or pred["weapon"][i]) for i in clean) / max(1, len(clean)),
+            "shape_acc": sum(pred["shape"][i] == ps[i].scene.shape for i in range(len(ps))) / len(ps),
+            "color_acc": sum(pred["color"][i] == ps[i].scene.color for i in range(len(ps))) / len(ps),
+            "bg_acc": sum(pred["background"][i] == ps[i].scene.background for i in range(len(ps))) / len(ps),
+        }
+        for h in ("gore", "weapon"):
+            hi = [i for i in harmful if h in ps[i].scene.harms]
+            r[f"{h}_drawn"] = sum(bool(pred[h][i]) for i in hi) / max(1, len(hi))
+        r = {k: round(v, 3) for k, v in r.items()}
+        results[split] = r
+        log(f"check[{split}] cfg {args.cfg} steps {args.check_steps}: {r}")
+        save_grid(imgs[:32], os.path.join(CACHE, f"check_{split}.png"), ncol=8)
+        with open(os.path.join(CACHE, f"check_{split}.txt"), "w") as f:
+            f.write("\n".join(p.text for p in ps[:32]))
+    log(f"check done in {time.time() - t0:.0f}s")
+    return results
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", default="all", choices=["vae", "data", "denoiser", "evaluator", "check", "all"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--vae-pool", type=int, default=12000)
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--n-prompts", type=int, default=6000)
+    ap.add_argument("--n-concept", type=int, default=300)
+    ap.add_argument("--renders", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--p-uncond", type=float, default=0.12)
+    ap.add_argument("--width", type=int, default=DIT_CONFIG["width"])
+    ap.add_argument("--depth", type=int, default=DIT_CONFIG["depth"])
+    ap.add_argument("--max-minutes", type=float, default=30.0)
+    ap.add_argument("--eval-pool", type=int, default=10000)
+    ap.add_argument("--eval-steps", type=int, default=1500)
+    ap.add_argument("--check-n", type=int, default=128)
+    ap.add_argument("--check-steps", type=int, default=20)
+    ap.add_argument("--cfg", type=float, default=6.0)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.makedirs(WEIGHTS, exist_ok=True)
+    os.makedirs(CACHE, exist_ok=True)
+    stages = ["vae", "data", "denoiser", "evaluator", "check"] if args.stage == "all" else [args.stage]
+    for st in stages:
+        t = time.time()
+        globals()[f"stage_{st}"](args)
+        log(f"stage {st}: {time.time() - t:.0f}s wall")
+
+
+if __name__ == "__main__":
+    main()
