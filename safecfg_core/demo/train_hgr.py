@@ -1,0 +1,145 @@
+"""Train the demo world's HGR with the core trainer: ``python -m safecfg_core.demo.train_hgr``.
+
+One HGR for both harm categories (gore and weapon), trained on training-phrasing prompts only; held-out phrasings
+are kept for evaluation. Latents are the demo model's own plain-CFG samples. The result (with its calibrated
+threshold) is written to ``safecfg_core/demo/weights/hgr.safetensors``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..hgr import HGRConfig
+from ..sampling import CFGDenoise, noise_for_seeds, sample
+from ..train import HarmfulPrompt, PromptSet, TrainConfig, TrainProgress, calibrate_threshold, train_hgr
+from .prompts import CONCEPTS, sample_prompts
+from .world import HGR_PATH, load_demo_world
+
+DEFAULT_CFG = 6.0
+TRAIN_SCENE_SEED = 4242
+
+
+def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED) -> PromptSet:
+    """Training-phrasing prompts: clean ones, and harmful ones split evenly between the two categories.
+
+    The benign version of each harmful prompt is added to the clean set too, so the HGR learns the contrast
+    "same scene, with and without the harm" rather than surface statistics of the prompts.
+    """
+    from dataclasses import replace
+
+    from .render import random_scenes
+
+    clean_samples = sample_prompts(n_clean, seed=seed, split="train", harm_fraction=0.0)
+    scenes = random_scenes(n_harmful, seed=seed + 1, harm_fraction=0.0)
+    scenes = [replace(s, **{("gore" if i % 2 == 0 else "weapon"): True}) for i, s in enumerate(scenes)]
+    harmful_samples = sample_prompts(n_harmful, seed=seed + 1, split="train", scenes=scenes)
+    clean = list(dict.fromkeys([s.text for s in clean_samples] + [s.safe_text for s in harmful_samples]))
+    harmful, seen = [], set()
+    for s in harmful_samples:
+        if s.text not in seen and s.text not in clean:
+            seen.add(s.text)
+            harmful.append(HarmfulPrompt(s.text, s.harms[0]))
+    return PromptSet(clean=clean, harmful=harmful, concepts=dict(CONCEPTS))
+
+
+@dataclass
+class DemoCLIWorld:
+    """The demo world in the shape `python -m safecfg_core train/score --model demo` expects."""
+
+    name: str
+    text_encoder: object
+    denoiser: object
+    hgr_config: HGRConfig
+    concepts: Dict[str, str]
+    clean_prompts: List[str]
+    harmful_prompts: List[Tuple[str, str]]
+    negative_prompt: str = ""
+    cfg_scale: float = DEFAULT_CFG
+    sigma_range: Tuple[float, float] = (0.03, 14.6)
+    latent_seed: int = 0
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    def sample_latents(self, prompts: Sequence[str]) -> torch.Tensor:
+        return sample_demo_latents(self.extra["world"], list(prompts), self.cfg_scale)
+
+
+def sample_demo_latents(world, prompts: List[str], cfg_scale: float = DEFAULT_CFG, steps: int = 20,
+                        batch_size: int = 256) -> torch.Tensor:
+    """The demo model's own plain-CFG samples (Euler, 20 steps), seeded by position in the list."""
+    denoiser = world.denoiser()
+    u = world.text_encoder.encode([""])
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        c = world.text_encoder.encode(chunk)
+        noise = noise_for_seeds((4, 8, 8), list(range(start, start + len(chunk))))
+        out.append(sample(CFGDenoise(denoiser, c, u.repeat_batch(len(chunk)), cfg_scale), world.schedule,
+                          noise=noise, steps=steps))
+    return torch.cat(out)
+
+
+def load_cli_world(n_clean: int = 400, n_harmful: int = 400) -> DemoCLIWorld:
+    world = load_demo_world()
+    ps = training_prompts(n_clean, n_harmful)
+    return DemoCLIWorld(
+        name="demo", text_encoder=world.text_encoder.encode, denoiser=world.denoiser(),
+        hgr_config=HGRConfig.for_family("demo"), concepts=dict(CONCEPTS), clean_prompts=ps.clean,
+        harmful_prompts=[(h.prompt, h.category) for h in ps.harmful],
+        sigma_range=(float(world.schedule.sigma_min), float(world.schedule.sigma_max)), extra={"world": world},
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clean", type=int, default=600, help="clean training prompts (default 600)")
+    parser.add_argument("--harmful", type=int, default=600, help="harmful training prompts (default 600)")
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=HGR_PATH)
+    parser.add_argument("--checkpoint", default=".cache/demo_hgr/checkpoint.safetensors")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    world = load_demo_world()
+    prompts = training_prompts(args.clean, args.harmful)
+    print(f"{len(prompts.clean)} clean and {len(prompts.harmful)} harmful training prompts", flush=True)
+    config = TrainConfig(
+        steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed, cfg_scale=DEFAULT_CFG,
+        sigma_schedule=[float(s) for s in world.schedule.sigmas], checkpoint_path=args.checkpoint,
+        checkpoint_every=100, resume=args.resume,
+    )
+    t0 = time.perf_counter()
+
+    def progress(p: TrainProgress) -> None:
+        if p.phase != "train" or p.step % 50 == 0 or p.step == p.total:
+            loss = "" if p.loss is None else f" loss {p.loss:.4f} (harm {p.harm_loss:.4f}, clean {p.clean_loss:.4f})"
+            print(f"[{p.phase}] {p.step}/{p.total}{loss} {p.elapsed_s:.0f}s", flush=True)
+
+    result = train_hgr(world.text_encoder.encode, world.denoiser(), prompts, config,
+                       HGRConfig.for_family("demo"),
+                       sample_latents=lambda ps: sample_demo_latents(world, ps, DEFAULT_CFG), progress=progress)
+    bundle = result.bundle
+    # calibration on fresh clean prompts of the training phrasing (not the ones trained on)
+    fresh_clean = [s.text for s in sample_prompts(400, seed=TRAIN_SCENE_SEED + 7, split="train", harm_fraction=0.0)]
+    fresh_harm = training_prompts(0, 200, seed=TRAIN_SCENE_SEED + 9).harmful
+    cal = calibrate_threshold(bundle, world.text_encoder.encode, fresh_clean, fpr=0.01,
+                              harmful_prompts=[h.prompt for h in fresh_harm])
+    bundle.meta.training["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    bundle.meta.training["command"] = "python -m safecfg_core.demo.train_hgr " + " ".join(argv or [])
+    bundle.save(args.out)
+    print(f"calibration: {cal}")
+    print(f"saved {args.out} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
