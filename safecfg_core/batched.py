@@ -113,6 +113,11 @@ class BatchedRedirector:
         self.calls = 0
         self.misses = 0
 
+    def __deepcopy__(self, memo):
+        # Shared on purpose: ComfyUI deep-copies model options when it clones a model; the cache is keyed on the
+        # prompt (uuids or contents), so sharing is safe, and a lock cannot be copied anyway.
+        return self
+
     # ------------------------------------------------------------------ bookkeeping
     def reset(self) -> None:
         with self._lock:

@@ -1,0 +1,127 @@
+"""Adapters between ComfyUI's objects (MODEL, CLIP, CONDITIONING) and the core's Denoiser / TextEncoder / Cond.
+
+Only public, long-stable ComfyUI entry points are used, the same in the March-2024 and the current ComfyUI:
+``model.model.apply_model(x, sigma, c_crossattn=..., y=...)`` (denoised output for eps/v/flow models alike),
+``comfy.model_management.load_models_gpu``, ``clip.tokenize`` + ``clip.encode_from_tokens(..., return_pooled=True)``,
+and the ``[[tokens, {"pooled_output": ...}], ...]`` layout of CONDITIONING.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..safecfg_core.conditioning import Cond
+
+# Families by ComfyUI's supported-model class name (comfy/supported_models.py); widths come from unet_config.
+_FAMILY_BY_CLASS = {
+    "SD15": "sd1", "SD15_instructpix2pix": "sd1",
+    "SD20": "sd2", "SD21UnclipL": "sd2", "SD21UnclipH": "sd2", "SD_X4Upscaler": "sd2",
+    "SDXL": "sdxl", "SDXL_instructpix2pix": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl", "KOALA_700M": "sdxl",
+    "KOALA_1B": "sdxl", "SDXLRefiner": "sdxl_refiner",
+    "SafeCFGDemoConfig": "demo",
+}
+_POOLED_BY_FAMILY = {"sdxl": 1280, "sdxl_refiner": 1280}
+
+
+def model_widths(model_patcher: Any) -> Tuple[Optional[int], int, Optional[str]]:
+    """``(token_dim, pooled_dim, family)`` of a ComfyUI MODEL; token_dim None when the model does not say."""
+    base = model_patcher.model
+    cfg = getattr(base, "model_config", None)
+    unet_config = getattr(cfg, "unet_config", {}) or {}
+    token_dim = unet_config.get("context_dim")
+    if isinstance(token_dim, (list, tuple)):
+        token_dim = token_dim[0] if token_dim else None
+    family = _FAMILY_BY_CLASS.get(type(cfg).__name__) if cfg is not None else None
+    pooled = _POOLED_BY_FAMILY.get(family or "", 0)
+    if family == "sdxl_refiner":
+        family = None  # no HGR preset; widths decide
+    return (int(token_dim) if token_dim else None), pooled, family
+
+
+def conditioning_to_conds(conditioning: Any) -> List[Cond]:
+    """Each entry of a ComfyUI CONDITIONING as a Cond (tokens + pooled_output when present)."""
+    out: List[Cond] = []
+    if not isinstance(conditioning, (list, tuple)):
+        raise ValueError("expected a CONDITIONING (a list of [tokens, options] pairs).")
+    for entry in conditioning:
+        tokens = entry[0]
+        opts = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+        pooled = opts.get("pooled_output")
+        if isinstance(pooled, torch.Tensor) and pooled.dim() == 2 and pooled.shape[0] == tokens.shape[0]:
+            out.append(Cond(tokens.float(), pooled.float()))
+        else:
+            out.append(Cond(tokens.float(), None))
+    if not out:
+        raise ValueError("the CONDITIONING is empty.")
+    return out
+
+
+class ComfyTextEncoder:
+    """Core ``TextEncoder`` over a ComfyUI CLIP: ``encoder(prompts) -> Cond`` (row i = prompt i)."""
+
+    def __init__(self, clip: Any, with_pooled: bool = False) -> None:
+        self.clip = clip
+        self.with_pooled = with_pooled
+
+    def __call__(self, prompts: Sequence[str]) -> Cond:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        conds = []
+        for text in prompts:
+            cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
+            p = pooled.float().reshape(1, -1) if (self.with_pooled and isinstance(pooled, torch.Tensor)) else None
+            conds.append(Cond(cond.float().cpu(), None if p is None else p.cpu()))
+        return Cond.cat(conds)
+
+    encode = __call__
+
+
+class ComfyDenoiser:
+    """Core ``Denoiser`` over a ComfyUI MODEL: ``D(x, sigma, cond)`` via ``model.model.apply_model``.
+
+    The model patcher is loaded (ComfyUI's memory manager) on first use; inputs are moved to its device and the
+    denoised output comes back as float32 on the input's device. ``pooled_dim > 0`` builds SDXL's ``y`` with
+    ``encode_adm`` for the latent's size.
+    """
+
+    def __init__(self, model_patcher: Any, pooled_dim: int = 0) -> None:
+        self.patcher = model_patcher
+        self.pooled_dim = pooled_dim
+        self._loaded = False
+
+    @property
+    def base(self) -> Any:
+        return self.patcher.model
+
+    def load(self) -> None:
+        if not self._loaded:
+            import comfy.model_management as mm  # type: ignore
+
+            mm.load_models_gpu([self.patcher])
+            self._loaded = True
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.patcher.load_device)
+
+    def model_sigmas(self) -> torch.Tensor:
+        return self.base.model_sampling.sigmas.detach().float().cpu()
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        self.load()
+        dev = self.device
+        kwargs = {}
+        if cond.pooled is not None and getattr(self.base, "adm_channels", 0):
+            h, w = x.shape[-2] * 8, x.shape[-1] * 8
+            ys = [
+                self.base.encode_adm(pooled_output=cond.pooled[i:i + 1].to(dev), width=w, height=h, device=dev,
+                                     prompt_type="positive")
+                for i in range(cond.batch_size)
+            ]
+            if all(y is not None for y in ys):
+                kwargs["y"] = torch.cat(ys).to(dev)
+        out = self.base.apply_model(
+            x.to(dev), sigma.to(dev).float(), c_crossattn=cond.tokens.to(dev), **kwargs
+        )
+        return out.float().to(x.device)
