@@ -1,0 +1,224 @@
+"""SafeCFG nodes in a real ComfyUI server (no mocks): API-format prompts over HTTP, results from /history."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from safecfg_core.demo.text_encoder import DemoTextEncoder
+from safecfg_core.guidance import prompt_harm_score
+from safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
+
+OUR_NODES = ["SafeCFGLoadHGR", "SafeCFG", "SafeCFGHarmfulnessDetector", "SafeCFGTrainHGR", "SafeCFGDemoModel"]
+A = "a large blue circle on a yellow background"
+B = "a bloody red star with a knife on white"
+
+
+def graph(positive=A, negative="", hgr=None, safecfg=None, sampler="KSampler", seed=7, steps=3, cfg=5.0,
+          sampler_name="euler", scheduler="normal", batch=1, rescale=False, prefix="t"):
+    """API-format prompt: demo model -> (SafeCFG) -> sampler -> decode -> save."""
+    g = {
+        "1": {"class_type": "SafeCFGDemoModel", "inputs": {"variant": "untrained"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": positive, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}},
+    }
+    model = ["1", 0]
+    if rescale:
+        g["9"] = {"class_type": "RescaleCFG", "inputs": {"model": model, "multiplier": 0.7}}
+        model = ["9", 0]
+    if hgr is not None:
+        g["10"] = {"class_type": "SafeCFGLoadHGR", "inputs": {"hgr_name": hgr}}
+        inputs = {"model": model, "hgr": ["10", 0], "strength": 1.0, "threshold": -1.0}
+        inputs.update(safecfg or {})
+        g["11"] = {"class_type": "SafeCFG", "inputs": inputs}
+        model = ["11", 0]
+    if sampler == "KSampler":
+        g["5"] = {"class_type": "KSampler", "inputs": {
+            "model": model, "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler_name,
+            "scheduler": scheduler, "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "denoise": 1.0}}
+    elif sampler == "KSamplerAdvanced":
+        g["5"] = {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": model, "add_noise": "enable", "noise_seed": seed, "steps": steps, "cfg": cfg,
+            "sampler_name": sampler_name, "scheduler": scheduler, "positive": ["2", 0], "negative": ["3", 0],
+            "latent_image": ["4", 0], "start_at_step": 0, "end_at_step": 10000,
+            "return_with_leftover_noise": "disable"}}
+    elif sampler == "SamplerCustom":
+        g["12"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler_name}}
+        g["13"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": scheduler,
+                                                               "steps": steps, "denoise": 1.0}}
+        g["5"] = {"class_type": "SamplerCustom", "inputs": {
+            "model": model, "add_noise": True, "noise_seed": seed, "cfg": cfg, "positive": ["2", 0],
+            "negative": ["3", 0], "sampler": ["12", 0], "sigmas": ["13", 0], "latent_image": ["4", 0]}}
+    return g
+
+
+def run_images(server, g):
+    entry = server.run(g)
+    assert server.succeeded(entry), server.error_message(entry)
+    return server.output_images(entry, "8")
+
+
+def run_error(server, g):
+    entry = server.run(g)
+    assert not server.succeeded(entry), "expected the prompt to fail"
+    msg = server.error_message(entry)
+    assert msg, entry.get("status")
+    return msg
+
+
+@pytest.fixture(scope="module")
+def hgr_files(comfy_server):
+    """zero.safetensors (untrained HGR), gated.safetensors (non-zero output; threshold between B and A)."""
+    d: Path = comfy_server.hgr_dir
+    cfg = HGRConfig.for_family("demo")
+    zero = HGRBundle.create(cfg, HGRMeta(categories={"gore": "blood, gore"}, threshold=0.5), seed=0)
+    zero.save(d / "zero.safetensors")
+    hand = HGRBundle.create(cfg, HGRMeta(categories={"gore": "blood, gore", "weapon": "knife, weapon"}), seed=1)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        for name, p in hand.net.named_parameters():
+            if p.abs().sum() == 0 and p.dim() >= 1:
+                p.normal_(0.0, 0.2)
+    enc = DemoTextEncoder()
+    c = enc([A, B])
+    u = enc([""]).repeat_batch(2)
+    with torch.no_grad():
+        scores = prompt_harm_score(hand.net(c, u))
+    sa, sb = float(scores[0]), float(scores[1])
+    harmful, clean = (B, A) if sb > sa else (A, B)
+    assert abs(sa - sb) > 1e-3 * max(sa, sb), (sa, sb)
+    hand.meta.threshold = (sa + sb) / 2
+    hand.save(d / "gated.safetensors")
+    (d / "damaged.safetensors").write_bytes((d / "gated.safetensors").read_bytes()[:500])
+    import pickle
+
+    (d / "pickled.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    wide = HGRBundle.create(HGRConfig.for_family("sd1"), HGRMeta(threshold=0.1), seed=0)
+    wide.save(d / "sd1_width.safetensors")
+    return {"harmful": harmful, "clean": clean}
+
+
+def test_object_info_lists_nodes_with_tooltips(comfy_server):
+    info = comfy_server.get("/object_info")
+    for node in OUR_NODES:
+        assert node in info, f"{node} missing from /object_info"
+        spec = info[node]
+        assert spec["category"] == "safecfg"
+        assert spec["display_name"]
+        for section in ("required", "optional"):
+            for name, value in spec["input"].get(section, {}).items():
+                assert len(value) > 1 and value[1].get("tooltip"), f"{node}.{name} has no tooltip"
+    assert info["SafeCFG"]["output"] == ["MODEL"]
+    assert info["SafeCFGHarmfulnessDetector"]["output"] == ["FLOAT", "BOOLEAN", "STRING"]
+
+
+def test_zero_hgr_is_bit_identical_to_cfg(comfy_server, hgr_files):
+    plain = run_images(comfy_server, graph(prefix="plain"))
+    safe = run_images(comfy_server, graph(hgr="zero.safetensors", prefix="zero"))
+    assert np.array_equal(plain[0], safe[0])
+
+
+@pytest.mark.parametrize("sampler,sampler_name,scheduler,batch,negative,rescale", [
+    ("KSampler", "euler", "normal", 1, "", False),
+    ("KSamplerAdvanced", "dpmpp_2m", "karras", 2, "", False),
+    ("SamplerCustom", "heun", "simple", 1, "green", False),
+    ("KSampler", "euler_ancestral", "normal", 1, "", True),
+])
+def test_gated_hgr_changes_harmful_keeps_clean(comfy_server, hgr_files, sampler, sampler_name, scheduler, batch,
+                                               negative, rescale):
+    kw = dict(sampler=sampler, sampler_name=sampler_name, scheduler=scheduler, batch=batch, negative=negative,
+              rescale=rescale, safecfg={"gate_mode": "hard"})
+    for prompt, should_change in ((hgr_files["harmful"], True), (hgr_files["clean"], False)):
+        plain = run_images(comfy_server, graph(positive=prompt, prefix="p", **{k: v for k, v in kw.items() if k != "safecfg"}))
+        safe = run_images(comfy_server, graph(positive=prompt, hgr="gated.safetensors", prefix="s", **kw))
+        assert len(plain) == len(safe) == batch
+        for a, b in zip(plain, safe):
+            if should_change:
+                assert not np.array_equal(a, b), f"SafeCFG did not change the harmful prompt's image ({sampler})"
+            else:
+                assert np.array_equal(a, b), f"SafeCFG changed the clean prompt's image ({sampler})"
+
+
+@pytest.mark.parametrize("hgr,expected", [
+    ("damaged.safetensors", "SafeCFG Load HGR"),
+    ("pickled.safetensors", "SafeCFG Load HGR"),
+    ("sd1_width.safetensors", "SafeCFG SafeCFG"),
+])
+def test_bad_hgr_files_fail_clearly_and_server_keeps_serving(comfy_server, hgr_files, hgr, expected):
+    msg = run_error(comfy_server, graph(positive=hgr_files["harmful"], hgr=hgr, prefix="bad"))
+    assert expected in msg, msg
+    if hgr == "sd1_width.safetensors":
+        assert "768" in msg and "384" in msg, msg
+    # the next prompt still works
+    run_images(comfy_server, graph(prefix="after"))
+
+
+def test_cfg1_refused_with_message(comfy_server, hgr_files):
+    msg = run_error(comfy_server, graph(hgr="gated.safetensors", cfg=1.0, prefix="cfg1"))
+    assert "cfg is 1" in msg, msg
+    imgs = run_images(comfy_server, graph(hgr="gated.safetensors", cfg=1.0, prefix="cfg1w",
+                                          safecfg={"at_cfg_1": "warn"}))
+    plain = run_images(comfy_server, graph(cfg=1.0, prefix="cfg1p"))
+    assert np.array_equal(imgs[0], plain[0])
+
+
+def test_back_to_back_hgrs_do_not_leak(comfy_server, hgr_files):
+    harmful = hgr_files["harmful"]
+    plain = run_images(comfy_server, graph(positive=harmful, prefix="leak0"))
+    gated = run_images(comfy_server, graph(positive=harmful, hgr="gated.safetensors", safecfg={"gate_mode": "hard"}, prefix="leak1"))
+    zero = run_images(comfy_server, graph(positive=harmful, hgr="zero.safetensors", prefix="leak2"))
+    assert not np.array_equal(plain[0], gated[0])
+    assert np.array_equal(plain[0], zero[0])
+
+
+def test_detector_reports_score_and_category(comfy_server, hgr_files):
+    g = {
+        "1": {"class_type": "SafeCFGDemoModel", "inputs": {"variant": "untrained"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": hgr_files["harmful"], "clip": ["1", 1]}},
+        "10": {"class_type": "SafeCFGLoadHGR", "inputs": {"hgr_name": "gated.safetensors"}},
+        "20": {"class_type": "SafeCFGHarmfulnessDetector", "inputs": {
+            "hgr": ["10", 0], "positive": ["2", 0], "threshold": -1.0, "clip": ["1", 1]}},
+    }
+    entry = comfy_server.run(g)
+    assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
+    report = entry["outputs"]["20"]["text"][0]
+    assert "HARMFUL" in report and "category most implicated" in report, report
+    g["2"]["inputs"]["text"] = hgr_files["clean"]
+    entry = comfy_server.run(g)
+    report = entry["outputs"]["20"]["text"][0]
+    assert "overall: clean" in report, report
+
+
+def test_train_hgr_node_trains_saves_and_refuses_bad_input(comfy_server):
+    g = {
+        "1": {"class_type": "SafeCFGDemoModel", "inputs": {"variant": "untrained"}},
+        "30": {"class_type": "SafeCFGTrainHGR", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1],
+            "clean_prompts": "a large blue circle on a yellow background\na small green square on black",
+            "harmful_prompts": "gore: a bloody blue circle on white\nweapon: a knife next to a purple triangle",
+            "concepts": "gore: blood, gore\nweapon: knife, weapon",
+            "steps": 6, "lr": 0.002, "batch_size": 4, "seed": 0, "name": "../escape/trained",
+            "sample_steps": 2, "sample_cfg": 5.0, "width": 64, "height": 64, "retrain": False}},
+        "31": {"class_type": "SaveImage", "inputs": {"images": ["30", 1], "filename_prefix": "loss"}},
+    }
+    entry = comfy_server.run(g)
+    assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
+    saved = comfy_server.hgr_dir / "trained.safetensors"
+    assert saved.exists(), list(comfy_server.hgr_dir.iterdir())
+    assert not (comfy_server.hgr_dir.parent / "escape").exists()
+    HGRBundle.load(saved)
+    bad = copy.deepcopy(g)
+    bad["30"]["inputs"]["clean_prompts"] = ""
+    msg = run_error(comfy_server, bad)
+    assert "SafeCFG Train HGR" in msg, msg
+    bad = copy.deepcopy(g)
+    bad["30"]["inputs"]["name"] = "../.."
+    msg = run_error(comfy_server, bad)
+    assert "SafeCFG Train HGR" in msg, msg
