@@ -339,9 +339,15 @@ def build_comfy_family(family: str, device: torch.device, dtype: torch.dtype, co
         size = 8
     net = UNetModel(**unet_cfg, dtype=dtype, device=device, operations=ops)
     gen = torch.Generator(device="cpu").manual_seed(0)
-    with torch.no_grad():  # disable_weight_init leaves weights uninitialised: give them finite random values
-        for p in net.parameters():
-            p.copy_((torch.randn(p.shape, generator=gen) * (0.5 / max(1, p.shape[-1]) ** 0.5)).to(p.dtype))
+    with torch.no_grad():  # disable_weight_init leaves weights uninitialised: a standard fan-in initialisation
+        for pname, p in net.named_parameters():
+            if p.dim() >= 2:
+                fan_in = p[0].numel()
+                p.copy_((torch.randn(p.shape, generator=gen) / fan_in ** 0.5).to(p.dtype))
+            elif pname.endswith("weight"):
+                p.fill_(1.0)  # norm scales
+            else:
+                p.zero_()
     net.eval()
     schedule = DiscreteSchedule()
     c = _random_cond(1, 77, token_dim, pooled_dim, device, 1)
@@ -519,7 +525,9 @@ def format_report(result: Dict[str, Any]) -> str:
         lines.append(f"parameters: denoiser {mres['denoiser_params']:,}, HGR {mres['hgr_params']:,} ({pct:.2f}% of the "
                      f"denoiser); {mres['hgr_description']}")
         t = mres.get("training")
-        if t:
+        if t and "error" in t:
+            lines.append(f"HGR training: not measured: {t['error']}")
+        elif t:
             lines.append(f"HGR training: {t['prompts_per_s']:.2f} prompts/s, {t['denoiser_rows_per_s']:.1f} denoiser "
                          f"rows/s ({t['denoiser_calls_per_step']:.0f} calls, {t['denoiser_rows_per_step']:.0f} rows per "
                          f"step of batch {t['batch_size']}; {t['timed_steps']} timed steps), peak memory "
@@ -594,7 +602,15 @@ def run(args: argparse.Namespace) -> int:
         if train_steps > 0:
             batch = args.train_batch or (4 if quick else {"demo": 16, "sd15": 8, "sdxl": 4}[name])
             log(f"timing HGR training on {name} ({train_steps} steps, batch {batch}) ...")
-            mres["training"] = bench_training(bm, train_steps, batch, log)
+            try:
+                mres["training"] = bench_training(bm, train_steps, batch, log)
+            except RuntimeError as exc:
+                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                if "inplace operation" in str(exc):
+                    msg += (" (this ComfyUI's transformer blocks add in place (`x += n`), which autograd cannot "
+                            "differentiate through; ComfyUI versions that write `x = n + x` (e.g. Oct 2025) work)")
+                log(f"  training failed: {msg}")
+                mres["training"] = {"error": msg, "steps": train_steps, "batch_size": batch}
         result["models"].append(mres)
         del bm
         gc.collect()
