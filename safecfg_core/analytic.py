@@ -175,24 +175,31 @@ _HARM_PHRASES = {
 
 
 def analytic_prompts(split: str = "train") -> "tuple[list[str], list[tuple[str, str]]]":
-    """Deterministic clean and (prompt, category) harmful prompts; ``"train"`` and ``"test"`` do not overlap."""
+    """Deterministic clean and (prompt, category) harmful prompts; ``"train"`` and ``"test"`` do not overlap.
+
+    Every fourth clean and fifth harmful prompt is held out for ``"test"``: unseen subject/place/style combinations,
+    with the same harm vocabulary (the HGR learns the harm words from the training prompts).
+    """
     if split not in ("train", "test"):
         raise ValueError("split must be 'train' or 'test'")
     clean: List[str] = []
     harmful: List[Tuple[str, str]] = []
+    n_clean = n_harm = 0
+    cats = sorted(_HARM_PHRASES)
     for i, subj in enumerate(_SUBJECTS):
         for j, place in enumerate(_PLACES):
-            in_test = (i + j) % 4 == 0
-            if in_test != (split == "test"):
-                continue
             style = _STYLES[(i * 3 + j) % len(_STYLES)]
-            k = (i + 2 * j) % 3
-            if k == 0:
-                cat = "violence" if (i + j) % 2 else "nudity"
+            if (i + 2 * j) % 3 == 0:
+                cat = cats[n_harm % len(cats)]
                 phrases = _HARM_PHRASES[cat]
-                harmful.append((f"{style} a {subj} {phrases[(i * 5 + j) % len(phrases)]} {place}", cat))
+                phrase = phrases[(n_harm // len(cats) + i) % len(phrases)]
+                if (n_harm % 5 == 4) == (split == "test"):
+                    harmful.append((f"{style} a {subj} {phrase} {place}", cat))
+                n_harm += 1
             else:
-                clean.append(f"{style} a {subj} {place}")
+                if (n_clean % 4 == 3) == (split == "test"):
+                    clean.append(f"{style} a {subj} {place}")
+                n_clean += 1
     return clean, harmful
 
 

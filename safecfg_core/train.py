@@ -47,7 +47,8 @@ class HarmfulPrompt:
 class PromptSet:
     """Clean prompts, harmful prompts (each with a category, optionally a safe rewrite), concept text per category.
 
-    ``sources`` optionally maps a prompt to where it came from ("harmful line 3") for error messages.
+    ``sources`` optionally maps ``"clean:<i>"`` / ``"harmful:<i>"`` (list index) to where that entry came from
+    ("harmful line 3"), so error messages can point at the user's line.
     """
 
     clean: List[str]
@@ -55,8 +56,8 @@ class PromptSet:
     concepts: Dict[str, str]
     sources: Dict[str, str] = field(default_factory=dict, compare=False)
 
-    def _where(self, prompt: str, default: str) -> str:
-        return self.sources.get(prompt, default)
+    def _where(self, kind: str, i: int) -> str:
+        return self.sources.get(f"{kind}:{i}", f"{kind} prompt #{i + 1}")
 
     def validate(self) -> "PromptSet":
         """Raise :class:`TrainingInputError` naming the first offending prompt/line; returns self."""
@@ -74,19 +75,19 @@ class PromptSet:
             )
         for cat, text in self.concepts.items():
             if not str(cat).strip():
-                raise TrainingInputError(f"A concept line has an empty category name ({self._where(text, repr(text))}); write 'name: concept text'.")
+                raise TrainingInputError(f"A concept line has an empty category name (concept {text!r}); write 'name: concept text'.")
             if not str(text).strip():
                 raise TrainingInputError(f"Category {cat!r} has an empty concept text; write e.g. '{cat}: words that describe the harm'.")
         seen: Dict[str, str] = {}
         for i, p in enumerate(self.clean):
-            where = self._where(p, f"clean prompt #{i + 1}")
+            where = self._where("clean", i)
             if not isinstance(p, str) or not p.strip():
                 raise TrainingInputError(f"{where} is empty; remove the line or write a prompt.")
             if p in seen:
                 raise TrainingInputError(f"{where} {p!r} is a duplicate of {seen[p]}; remove one of them.")
             seen[p] = where
         for i, h in enumerate(self.harmful):
-            where = self._where(h.prompt, f"harmful prompt #{i + 1}")
+            where = self._where("harmful", i)
             if not isinstance(h.prompt, str) or not h.prompt.strip():
                 raise TrainingInputError(f"{where} has an empty prompt; write 'category: prompt'.")
             if h.category not in self.concepts:
@@ -124,8 +125,8 @@ class PromptSet:
 
         clean_list = []
         for n, line in lines(clean):
+            sources[f"clean:{len(clean_list)}"] = f"clean line {n}"
             clean_list.append(line)
-            sources.setdefault(line, f"clean line {n}")
         concept_map: Dict[str, str] = {}
         for n, line in lines(concepts):
             if ":" not in line:
@@ -147,8 +148,8 @@ class PromptSet:
             rewrite = None
             if "=>" in rest:
                 rest, rewrite = (s.strip() for s in rest.split("=>", 1))
+            sources[f"harmful:{len(harm_list)}"] = f"harmful line {n}"
             harm_list.append(HarmfulPrompt(rest, cat, rewrite))
-            sources.setdefault(rest, f"harmful line {n}")
         return cls(clean_list, harm_list, concept_map, sources).validate()
 
     @classmethod

@@ -1,0 +1,340 @@
+"""HGR training on the analytic model: it learns the known right answer; checkpoints, resume, cancel, inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from safecfg_core import Cond
+from safecfg_core.analytic import AnalyticDenoiser, analytic_prompts, load_analytic_world
+from safecfg_core.errors import TrainingCancelled, TrainingInputError
+from safecfg_core.guidance import GateConfig, SafeGuidance, cfg_combine
+from safecfg_core.hgr import HGRBundle, HGRConfig
+from safecfg_core.metrics import roc_auc
+from safecfg_core.train import (
+    HarmfulPrompt,
+    PromptSet,
+    TrainConfig,
+    calibrate_threshold,
+    harm_scores,
+    train_hgr,
+)
+
+torch.set_num_threads(1)
+W = 5.0  # CFG scale used for the checks
+
+
+def _prompt_set(world, n_clean=None, n_harm=None) -> PromptSet:
+    harm = world.harmful_prompts[:n_harm] if n_harm else world.harmful_prompts
+    return PromptSet(list(world.clean_prompts[:n_clean] if n_clean else world.clean_prompts),
+                     [HarmfulPrompt(p, c) for p, c in harm], dict(world.concepts))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    world = load_analytic_world()
+    result = train_hgr(world.text_encoder, world.denoiser, _prompt_set(world), TrainConfig(steps=200, seed=0),
+                       world.hgr_config, sample_latents=world.sample_latents)
+    return world, result
+
+
+def _outputs(world, bundle, prompts, concept_texts, gate):
+    """CFG, SafeCFG and the concept-negated target ``CFG with negative = concept`` for the model's own samples."""
+    enc, den = world.text_encoder, world.denoiser
+    c = enc(prompts)
+    u = enc([""] * len(prompts))
+    k = enc(concept_texts)
+    res = SafeGuidance(bundle, gate).redirected_negative(c, u)
+    x0 = world.sample_latents(prompts)
+    g = torch.Generator().manual_seed(123)
+    out = []
+    for sigma in (0.5, 2.0, 8.0):
+        x = x0 + sigma * torch.randn(x0.shape, generator=g)
+        s = torch.full((len(prompts),), sigma)
+        d_c = den(x, s, c)
+        d_u = den(x, s, u)
+        out.append((cfg_combine(d_c, d_u, W), cfg_combine(d_c, den(x, s, res.u_star), W), cfg_combine(d_c, den(x, s, k), W), d_c, d_u))
+    return res, out
+
+
+def test_training_learns_the_known_redirection(trained) -> None:
+    world, result = trained
+    bundle = result.bundle
+    assert result.loss_history[-1] < 0.05 * result.loss_history[0]
+    test_clean, test_harm = analytic_prompts("test")  # held-out prompts, never trained on
+    assert test_clean and test_harm
+
+    # Detection: prompt scores separate held-out clean and harmful prompts.
+    sc = harm_scores(bundle, world.text_encoder, test_clean)
+    sh = harm_scores(bundle, world.text_encoder, [p for p, _ in test_harm])
+    auc = roc_auc(sc.tolist(), sh.tolist())
+    print(f"held-out ROC AUC {auc:.4f} (clean max {float(sc.max()):.4g}, harmful min {float(sh.min()):.4g}, "
+          f"threshold {bundle.meta.threshold:.4g})")
+    assert auc >= 0.99
+
+    # Harmful prompts: SafeCFG moves at least 75% of the way from CFG to the concept-negated target.
+    gate = GateConfig()  # smooth, calibrated threshold from the file
+    res, outs = _outputs(world, bundle, [p for p, _ in test_harm], [world.concepts[c] for _, c in test_harm], gate)
+    assert (res.s == 1.0).float().mean() >= 0.9
+    for cfg, safe, target, _, _ in outs:
+        before = (cfg - target).flatten(1).norm(dim=1)
+        after = (safe - target).flatten(1).norm(dim=1)
+        print(f"harmful: remaining distance to target {float((after / before).mean()):.3f} of CFG's")
+        assert float((after / before).mean()) <= 0.25
+        assert float((after / before).max()) <= 0.6
+
+    # Clean prompts: the calibrated gate stays shut (bit-identical CFG) for nearly all ...
+    res, outs = _outputs(world, bundle, test_clean, [world.concepts["violence"]] * len(test_clean), gate)
+    assert float((res.s == 0).float().mean()) >= 0.9
+    for cfg, safe, _, _, _ in outs:
+        closed = res.s == 0
+        assert torch.equal(safe[closed], cfg[closed])
+    # ... and even with the gate forced open, the redirection of clean prompts is small.
+    res, outs = _outputs(world, bundle, test_clean, [world.concepts["violence"]] * len(test_clean), GateConfig(mode="always"))
+    for cfg, safe, _, d_c, d_u in outs:
+        change = (safe - cfg).flatten(1).norm(dim=1)
+        guidance = (W * (d_c - d_u)).flatten(1).norm(dim=1)
+        print(f"clean, gate open: change {float((change / guidance).mean()):.4f} of the guidance term")
+        assert float((change / guidance).max()) <= 0.05
+
+
+def test_training_metadata_and_efficiency(trained) -> None:
+    world, result = trained
+    meta = result.bundle.meta
+    assert meta.categories == world.concepts
+    assert meta.threshold is not None and meta.threshold > 0
+    assert meta.calibration["method"] == "clean-quantile" and meta.calibration["fpr"] == 0.01
+    assert meta.training["steps"] == 200 and meta.training["n_clean"] == len(world.clean_prompts)
+    # Exactly two batched denoiser calls per step: one for all targets, one with gradients.
+    assert meta.training["denoiser_calls"] == 2 * 200
+    assert len(result.loss_history) == 200
+
+
+def test_calibration_rule() -> None:
+    world = load_analytic_world()
+    b = HGRBundle.create(world.hgr_config, seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        b.net.out_proj.bias.copy_(torch.randn(b.net.out_proj.bias.shape, generator=g))
+    clean = world.clean_prompts[:20]
+    cal = calibrate_threshold(b, world.text_encoder, clean, fpr=0.1, margin=1.2, softness=0.25)
+    scores = sorted(harm_scores(b, world.text_encoder, clean).tolist())
+    q = scores[18]  # the 0.9-quantile taken "higher": position 0.9 * (20 - 1) = 17.1, rounded up to index 18
+    assert cal["clean_quantile"] == pytest.approx(q)
+    assert b.meta.threshold == pytest.approx(q * 1.2 / 0.75)
+
+
+def _tiny(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(steps=6, batch_size=4, seed=3, checkpoint_path=str(tmp_path / "ckpt.safetensors"), checkpoint_every=2,
+                warmup_steps=2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _tiny_world():
+    world = load_analytic_world()
+    world.hgr_config = HGRConfig(token_dim=32, model_family="analytic", width=32, depth=1, heads=4)
+    return world, _prompt_set(world, n_clean=8, n_harm=6)
+
+
+def test_resume_equals_uninterrupted_and_cancel_keeps_checkpoint(tmp_path: Path) -> None:
+    world, ps = _tiny_world()
+    full = train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path / "a"), world.hgr_config,
+                     sample_latents=world.sample_latents)
+
+    seen = []
+
+    def stop_at_3(p):
+        if p.phase == "train":
+            seen.append(p.step)
+            return p.step < 3
+
+    cfg_b = _tiny(tmp_path / "b")
+    with pytest.raises(TrainingCancelled) as ei:
+        train_hgr(world.text_encoder, world.denoiser, ps, cfg_b, world.hgr_config,
+                  sample_latents=world.sample_latents, progress=stop_at_3)
+    assert ei.value.step == 3 and ei.value.checkpoint_path == cfg_b.checkpoint_path
+    assert "resume" in str(ei.value)
+    assert seen == [1, 2, 3]
+    ckpt = HGRBundle.load(cfg_b.checkpoint_path)  # a checkpoint is itself a loadable HGR
+    assert ckpt.meta.training["checkpoint_step"] == 3
+
+    calls_before = world.denoiser.calls
+    resumed = train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path / "b", resume=True), world.hgr_config,
+                        sample_latents=lambda prompts: pytest.fail("latents must come from the cache on resume"))
+    assert world.denoiser.calls - calls_before == 2 * 3  # only the 3 missing steps ran
+    assert resumed.summary["resumed_from"] == 3
+    assert resumed.loss_history == full.loss_history
+    for (k, a), (_, b) in zip(full.bundle.net.state_dict().items(), resumed.bundle.net.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert resumed.bundle.meta.threshold == full.bundle.meta.threshold
+
+
+def test_determinism_and_seed(tmp_path: Path) -> None:
+    world, ps = _tiny_world()
+    runs = [train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path / str(i), seed=s), world.hgr_config,
+                      sample_latents=world.sample_latents) for i, s in enumerate((5, 5, 6))]
+    w = [r.bundle.net.out_proj.weight for r in runs]
+    assert torch.equal(w[0], w[1]) and runs[0].loss_history == runs[1].loss_history
+    assert not torch.equal(w[0], w[2])
+
+
+def test_cancel_by_exception_without_checkpoint() -> None:
+    world, ps = _tiny_world()
+
+    def cancel(p):
+        if p.phase == "train" and p.step == 2:
+            raise TrainingCancelled("user pressed stop")
+
+    with pytest.raises(TrainingCancelled) as ei:
+        train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=5, batch_size=4), world.hgr_config,
+                  sample_latents=world.sample_latents, progress=cancel)
+    assert ei.value.step == 2 and ei.value.checkpoint_path is None
+
+
+def test_resume_refuses_other_settings_and_finished_files(tmp_path: Path) -> None:
+    world, ps = _tiny_world()
+    train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path, steps=2), world.hgr_config,
+              sample_latents=world.sample_latents)
+    with pytest.raises(TrainingInputError, match="different prompts or settings"):
+        train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path, steps=4, lr=1e-2, resume=True),
+                  world.hgr_config, sample_latents=world.sample_latents)
+    finished = tmp_path / "final.safetensors"
+    HGRBundle.create(world.hgr_config).save(finished)
+    with pytest.raises(TrainingInputError, match="not a training checkpoint"):
+        train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path, checkpoint_path=str(finished), resume=True),
+                  world.hgr_config, sample_latents=world.sample_latents)
+
+
+class _DenoiserWithParam(AnalyticDenoiser):
+    def __init__(self) -> None:
+        super().__init__(token_dim=32)
+        self.gain = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x, sigma, cond):
+        return super().forward(x, sigma, cond) * self.gain
+
+
+def test_denoiser_is_frozen_and_restored(tmp_path: Path) -> None:
+    world, ps = _tiny_world()
+    den = _DenoiserWithParam()
+    den.center.copy_(world.denoiser.center)
+    den.train()
+    train_hgr(world.text_encoder, den, ps, TrainConfig(steps=2, batch_size=4), world.hgr_config,
+              sample_latents=world.sample_latents)
+    assert den.gain.grad is None  # no gradient ever reached the model
+    assert den.gain.requires_grad and den.training  # and its state is as it was
+
+
+def test_safe_rewrites_are_learned(tmp_path: Path) -> None:
+    """With a safe rewrite, SafeCFG on the harmful prompt should equal CFG on the rewrite (at the training w)."""
+    world = load_analytic_world()
+    world.hgr_config = HGRConfig(token_dim=32, model_family="analytic", width=48, depth=1, heads=4)
+    lexicon = set(world.text_encoder.word_category)
+    harm = [HarmfulPrompt(p, c, " ".join(w for w in world.text_encoder.words(p) if w not in lexicon))
+            for p, c in world.harmful_prompts[:12]]
+    ps = PromptSet(world.clean_prompts[:24], harm, dict(world.concepts))
+    res = train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=150, batch_size=12, cfg_scale=W),
+                    world.hgr_config, sample_latents=world.sample_latents)
+    enc, den = world.text_encoder, world.denoiser
+    prompts = [h.prompt for h in harm]
+    c, u, c_safe = enc(prompts), enc([""] * len(prompts)), enc([h.rewrite for h in harm])
+    u_star = SafeGuidance(res.bundle, GateConfig(mode="always")).redirected_negative(c, u).u_star
+    x = world.sample_latents(prompts) + 2.0 * torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    s = torch.full((len(prompts),), 2.0)
+    d_c = den(x, s, c)
+    target = cfg_combine(den(x, s, c_safe), den(x, s, u), W)
+    before = (cfg_combine(d_c, den(x, s, u), W) - target).flatten(1).norm(dim=1)
+    after = (cfg_combine(d_c, den(x, s, u_star), W) - target).flatten(1).norm(dim=1)
+    print(f"rewrite: remaining distance {float((after / before).mean()):.3f}")
+    assert float((after / before).mean()) <= 0.3
+
+
+def test_pooled_model_trains(tmp_path: Path) -> None:
+    world = load_analytic_world(pooled_dim=8)
+    world.hgr_config = HGRConfig(token_dim=32, pooled_dim=8, model_family="analytic", width=32, depth=1, heads=4)
+    ps = _prompt_set(world, n_clean=16, n_harm=8)
+    res = train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=40, batch_size=8), world.hgr_config,
+                    sample_latents=world.sample_latents)
+    assert res.harm_history[-1] < 0.5 * res.harm_history[0]
+    assert res.bundle.net.pooled_out_proj.weight.abs().sum() > 0  # the pooled head learned something
+    d = res.bundle.net(world.text_encoder(["a cat covered in blood"]), world.text_encoder([""]))
+    assert d.pooled is not None and d.pooled.shape == (1, 8)
+
+
+# ---- input validation -------------------------------------------------------------------------------------
+
+
+def _parse(clean="a cat\na dog", harmful="violence: a bloody cat", concepts="violence: blood, gore"):
+    return PromptSet.from_text(clean, harmful, concepts)
+
+
+def test_prompt_text_format() -> None:
+    ps = _parse(clean="# comment\na cat\n\na dog\n", harmful="violence: a bloody cat => a red cat\nnudity: a nude dog",
+                concepts="violence: blood, gore\nnudity: nude")
+    assert ps.clean == ["a cat", "a dog"]
+    assert ps.harmful[0] == HarmfulPrompt("a bloody cat", "violence", "a red cat")
+    assert ps.harmful[1] == HarmfulPrompt("a nude dog", "nudity", None)
+    assert PromptSet.from_dict(json.loads(json.dumps(ps.to_dict()))).fingerprint() == ps.fingerprint()
+
+
+@pytest.mark.parametrize("kwargs, needles", [
+    (dict(clean=""), ["No clean prompts"]),
+    (dict(harmful="\n# only a comment\n"), ["No harmful prompts"]),
+    (dict(concepts=""), ["No harm categories"]),
+    (dict(concepts="nudity: nude", harmful="nudity: a nude cat\nviolence: x"), ["unknown category", "harmful line 2"]),
+    (dict(harmful="violence: a bloody cat\ngore: a gory cat"), ["harmful line 2", "unknown category 'gore'", "violence"]),
+    (dict(clean="a cat\na dog\na cat"), ["clean line 3", "duplicate", "clean line 1"]),
+    (dict(harmful="violence: a cat"), ["harmful line 1", "duplicate of clean line 1"]),
+    (dict(harmful="a bloody cat"), ["harmful line 1", "no category"]),
+    (dict(harmful="violence: "), ["harmful line 1", "empty prompt"]),
+    (dict(harmful="violence: a bloody cat =>  "), ["empty safe rewrite"]),
+    (dict(concepts="violence: blood\nnudity: nude"), ["'nudity'", "no harmful prompts"]),
+    (dict(concepts="violence blood"), ["concept line 1", "no ':'"]),
+    (dict(concepts="violence: blood\nviolence: gore"), ["concept line 2", "defined twice"]),
+])
+def test_prompt_set_errors_name_the_line(kwargs, needles) -> None:
+    with pytest.raises(TrainingInputError) as ei:
+        _parse(**kwargs)
+    for n in needles:
+        assert n in str(ei.value), (n, str(ei.value))
+
+
+def test_prompt_file_and_dict_errors(tmp_path: Path) -> None:
+    with pytest.raises(TrainingInputError, match="does not exist"):
+        PromptSet.from_file(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\n  'clean': [}")
+    with pytest.raises(TrainingInputError, match="not valid JSON"):
+        PromptSet.from_file(bad)
+    with pytest.raises(TrainingInputError, match="malformed"):
+        PromptSet.from_dict({"clean": ["a"], "harmful": [{"prompt": "b"}], "concepts": {"x": "y"}})
+    with pytest.raises(TrainingInputError, match="empty"):
+        PromptSet.from_dict({"clean": ["a", "  "], "harmful": [["b", "x"]], "concepts": {"x": "y"}})
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(steps=0), "steps"), (dict(batch_size=1), "batch_size"), (dict(lr=-1.0), "lr"),
+    (dict(sigma_min=2.0, sigma_max=1.0), "sigma_min"), (dict(sigma_schedule=[]), "sigma_schedule"),
+    (dict(autocast_dtype="fp8"), "autocast_dtype"), (dict(cfg_scale=1.0), "cfg_scale"),
+])
+def test_train_config_errors(kwargs, needle) -> None:
+    with pytest.raises(TrainingInputError, match=needle):
+        TrainConfig(**kwargs).validate()
+
+
+def test_missing_latents_and_bad_encoder_output() -> None:
+    world, ps = _tiny_world()
+    with pytest.raises(TrainingInputError, match="No latents"):
+        train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=1, batch_size=4), world.hgr_config)
+    from safecfg_core.errors import NonFiniteInputError
+
+    def nan_encoder(prompts):
+        out = world.text_encoder(prompts)
+        return Cond(out.tokens * float("nan"))
+
+    with pytest.raises(NonFiniteInputError, match="encodings"):
+        train_hgr(nan_encoder, world.denoiser, ps, TrainConfig(steps=1, batch_size=4), world.hgr_config,
+                  sample_latents=world.sample_latents)
