@@ -508,12 +508,15 @@ def format_report(result: Dict[str, Any]) -> str:
         for n in mres.get("notes", []):
             lines.append(f"note: {n}")
         lines.append(f"{mres['steps']} Euler steps, batch 1, cfg {mres['cfg_scale']}, {mres['reps']} interleaved "
-                     f"repetitions (+1 warm-up); spread = interquartile range; memory = {mres['memory_kind']}")
+                     f"repetitions (+1 warm-up); spread = interquartile range; x plain CFG = ratio of medians "
+                     f"(median of the per-repetition ratios); memory = {mres['memory_kind']}")
         lines.append("")
-        lines.append("| method | passes/step | median | spread (q1-q3) | x plain CFG | peak memory (+ during run) |")
+        lines.append("| method | passes/step | median | spread (q1-q3) | x plain CFG (paired) | peak memory (+ during run) |")
         lines.append("|---|---|---|---|---|---|")
         for r in mres["rows"]:
             ratio = "n/a" if r["ratio_to_cfg"] is None else f"{r['ratio_to_cfg']:.3f}"
+            if r.get("ratio_to_cfg_per_rep_median") is not None:
+                ratio += f" ({r['ratio_to_cfg_per_rep_median']:.3f})"
             lines.append(f"| {r['label']} | {r['passes_per_step']} | {_fmt_s(r['median_s'])} | "
                          f"{_fmt_s(r['q1_s'])} - {_fmt_s(r['q3_s'])} | {ratio} | {_fmt_bytes(r['peak_memory_bytes'])} "
                          f"(+{_fmt_bytes(r['peak_increase_bytes'])}) |")
