@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import pkgutil
 import sys
 import traceback
@@ -35,7 +36,8 @@ EXTRA_COMMAND_MODULES: Dict[str, str] = {
     "demo": ".demo.cli",
     "eval": ".demo.eval_cli",
 }
-"""Subcommands whose module is not named ``cli_<name>.py``; listed only if the module file exists."""
+"""Subcommands whose module is not named ``cli_<name>.py`` (relative to this package, or absolute); listed
+only if the module exists."""
 
 MODEL_LOADERS: Dict[str, Union[str, Callable[[], Any]]] = {
     "analytic": ".analytic:load_analytic_world",
@@ -74,8 +76,14 @@ class CommandSpec:
     error: Optional[str] = None
 
 
-def _module_exists(relative: str) -> bool:
-    parts = relative.lstrip(".").split(".")
+def _module_exists(name: str) -> bool:
+    """Whether a command module is there at all (without importing it): relative names are looked up as files."""
+    if not name.startswith("."):
+        try:
+            return importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            return False
+    parts = name.lstrip(".").split(".")
     base = Path(__file__).resolve().parent.joinpath(*parts)
     return base.with_suffix(".py").exists() or (base / "__init__.py").exists()
 

@@ -118,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, old)
     result.bundle.save(out)
     cal = result.bundle.meta.calibration
+    if result.summary.get("resumed_from"):
+        print(f"resumed from the checkpoint at step {result.summary['resumed_from']}")
     print(f"saved {out}: {result.bundle.describe()}")
     print(f"trained {result.summary['steps']} steps in {_fmt_s(time.monotonic() - t0)}; final loss "
           f"{result.summary['final_loss']:.4f}; {result.summary['denoiser_rows']} denoiser rows in "

@@ -1,0 +1,95 @@
+"""`python -m safecfg_core`: the subcommand registry, and train/score end to end on the analytic model."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from safecfg_core import cli
+from safecfg_core.hgr import HGRBundle
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_help_lists_subcommands_in_a_fresh_process() -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "safecfg_core", "--help"], capture_output=True, text=True, env=env,
+                         cwd=str(REPO), timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in ("train", "score"):
+        assert name in out.stdout
+
+
+def test_broken_command_module_is_shown_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    (tmp_path / "safecfg_broken_cmd.py").write_text("raise ImportError('needs the frobnicate package')\n")
+    (tmp_path / "safecfg_norun_cmd.py").write_text("COMMAND = 'norun'\nHELP = 'has no run'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.EXTRA_COMMAND_MODULES, "broken", "safecfg_broken_cmd")
+    monkeypatch.setitem(cli.EXTRA_COMMAND_MODULES, "norun", "safecfg_norun_cmd")
+    monkeypatch.setitem(cli.EXTRA_COMMAND_MODULES, "ghost", "safecfg_module_that_does_not_exist")
+    specs = {s.name: s for s in cli.discover_commands()}
+    assert "needs the frobnicate package" in specs["broken"].error
+    assert "no run(args)" in specs["norun"].error
+    assert "ghost" not in specs  # a module that is not there at all is simply not listed
+    assert specs["train"].error is None and specs["score"].error is None
+    help_text = cli.build_parser(list(specs.values())).format_help()
+    assert "broken" in help_text and "unavailable" in help_text and "train" in help_text
+    assert cli.main(["broken"]) == 2
+    assert "needs the frobnicate package" in capsys.readouterr().err
+
+
+def test_unknown_model_is_explained() -> None:
+    with pytest.raises(SystemExit, match="unknown model 'nope'"):
+        cli.load_model_world("nope")
+
+
+def test_register_model_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    sentinel = object()
+    monkeypatch.setitem(cli.MODEL_LOADERS, "fake", lambda: sentinel)
+    assert cli.load_model_world("fake") is sentinel
+    monkeypatch.setitem(cli.MODEL_LOADERS, "broken", ".analytic:no_such_function")
+    with pytest.raises(SystemExit, match="could not be loaded"):
+        cli.load_model_world("broken")
+
+
+def test_train_resume_and_score_end_to_end(tmp_path: Path, capsys) -> None:
+    torch.set_num_threads(1)
+    out = tmp_path / "h.safetensors"
+    rc = cli.main(["train", "--model", "analytic", "--steps", "60", "--out", str(out), "--log-every", "30"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "step    60/60" in text and "saved" in text and "ROC AUC" in text
+    bundle = HGRBundle.load(out)
+    assert bundle.meta.threshold is not None and set(bundle.meta.categories) == {"violence", "nudity"}
+    ckpt = tmp_path / "h.ckpt.safetensors"
+    assert ckpt.exists() and (tmp_path / "h.ckpt.safetensors.latents.safetensors").exists()
+
+    rc = cli.main(["train", "--model", "analytic", "--steps", "80", "--out", str(out), "--resume", "--log-every", "10"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "resumed from the checkpoint at step 60" in text
+    assert "step    70/80" in text and "step    10/80" not in text
+
+    rc = cli.main(["score", "--hgr", str(out), "--prompt", "a painting of a cat in a garden",
+                   "--prompt", "a photo of a dog covered in blood in the city", "--image-level"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    assert lines[1].startswith("clean") and lines[1].endswith("a painting of a cat in a garden")
+    assert lines[2].startswith("HARMFUL") and "-> violence" in lines[2] and "image" in lines[2]
+
+
+def test_score_refuses_bad_file(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "x.ckpt"
+    bad.write_bytes(b"\x80\x04K\x01.")
+    assert cli.main(["score", "--hgr", str(bad), "--prompt", "a cat"]) == 2
+    assert "never unpickle" in capsys.readouterr().err
+
+
+def test_train_reports_bad_prompt_file(tmp_path: Path, capsys) -> None:
+    pf = tmp_path / "p.json"
+    pf.write_text('{"clean": ["a cat"], "harmful": [{"prompt": "a bloody cat", "category": "gore"}], "concepts": {"violence": "blood"}}')
+    assert cli.main(["train", "--prompts", str(pf), "--out", str(tmp_path / "o.safetensors")]) == 2
+    assert "unknown category 'gore'" in capsys.readouterr().err
