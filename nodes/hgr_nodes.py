@@ -201,6 +201,7 @@ class HarmfulnessDetector:
 
     RETURN_TYPES = ("FLOAT", "BOOLEAN", "STRING")
     RETURN_NAMES = ("score", "harmful", "report")
+    OUTPUT_NODE = True  # shows its report in the UI (and runs on its own)
     OUTPUT_TOOLTIPS = ("Prompt-level harm score (RMS of the HGR's redirection).",
                        "True when the prompt (or the image, if given) is judged harmful.",
                        "A readable report: score, threshold, category most implicated, image judgement.")

@@ -88,13 +88,19 @@ def hgr_files(comfy_server):
                 p.normal_(0.0, 0.2)
     enc = DemoTextEncoder()
     c = enc([A, B])
-    u = enc([""]).repeat_batch(2)
-    with torch.no_grad():
-        scores = prompt_harm_score(hand.net(c, u))
-    sa, sb = float(scores[0]), float(scores[1])
-    harmful, clean = (B, A) if sb > sa else (A, B)
-    assert abs(sa - sb) > 1e-3 * max(sa, sb), (sa, sb)
-    hand.meta.threshold = (sa + sb) / 2
+    thresholds = {}
+    order = None
+    for negative in ("", "green"):
+        u = enc([negative]).repeat_batch(2)
+        with torch.no_grad():
+            scores = prompt_harm_score(hand.net(c, u))
+        sa, sb = float(scores[0]), float(scores[1])
+        assert abs(sa - sb) > 1e-3 * max(sa, sb), (sa, sb)
+        assert order is None or order == (sb > sa), "the hand-made HGR ranks the prompts differently per negative"
+        order = sb > sa
+        thresholds[negative] = (sa + sb) / 2  # the one of the two prompts above it is 'harmful'
+    harmful, clean = (B, A) if order else (A, B)
+    hand.meta.threshold = thresholds[""]
     hand.save(d / "gated.safetensors")
     (d / "damaged.safetensors").write_bytes((d / "gated.safetensors").read_bytes()[:500])
     import pickle
@@ -102,7 +108,7 @@ def hgr_files(comfy_server):
     (d / "pickled.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
     wide = HGRBundle.create(HGRConfig.for_family("sd1"), HGRMeta(threshold=0.1), seed=0)
     wide.save(d / "sd1_width.safetensors")
-    return {"harmful": harmful, "clean": clean}
+    return {"harmful": harmful, "clean": clean, "thresholds": thresholds}
 
 
 def test_object_info_lists_nodes_with_tooltips(comfy_server):
@@ -133,8 +139,11 @@ def test_zero_hgr_is_bit_identical_to_cfg(comfy_server, hgr_files):
 ])
 def test_gated_hgr_changes_harmful_keeps_clean(comfy_server, hgr_files, sampler, sampler_name, scheduler, batch,
                                                negative, rescale):
+    gate = {"gate_mode": "hard"}
+    if negative:  # the file's threshold was set for the empty negative; the node's threshold input overrides it
+        gate["threshold"] = hgr_files["thresholds"][negative]
     kw = dict(sampler=sampler, sampler_name=sampler_name, scheduler=scheduler, batch=batch, negative=negative,
-              rescale=rescale, safecfg={"gate_mode": "hard"})
+              rescale=rescale, safecfg=gate)
     for prompt, should_change in ((hgr_files["harmful"], True), (hgr_files["clean"], False)):
         plain = run_images(comfy_server, graph(positive=prompt, prefix="p", **{k: v for k, v in kw.items() if k != "safecfg"}))
         safe = run_images(comfy_server, graph(positive=prompt, hgr="gated.safetensors", prefix="s", **kw))
