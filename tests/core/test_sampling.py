@@ -177,3 +177,14 @@ def test_schedule_helpers():
     assert torch.allclose(s.eps_from_denoised(x, torch.tensor([2.0, 2.0]), d), (x - d) / 2)
     with pytest.raises(ValueError, match="Unknown scheduler"):
         get_sigmas(s, "linear", 10)
+
+
+def test_prompts_x_seeds_batch_matches_single_runs():
+    """One batch of 2 prompts x 2 seeds equals the four batch-1 runs (up to kernel rounding, not bit for bit)."""
+    schedule, den, c, u = _demo_like_setup(2)
+    cond, noise = batch_prompts_seeds(c, [7, 8], [4, 8, 8])
+    out = sample(CFGDenoise(den, cond, u, 6.0), schedule, noise=noise, steps=5)
+    for p in range(2):
+        for j, seed in enumerate([7, 8]):
+            single = sample(CFGDenoise(den, c.index([p]), u, 6.0), schedule, shape=[1, 4, 8, 8], seed=seed, steps=5)
+            assert torch.allclose(out[2 * p + j:2 * p + j + 1], single, atol=1e-4, rtol=0)
