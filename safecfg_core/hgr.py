@@ -417,6 +417,19 @@ class HGRBundle:
                 net = HarmfulGuidanceRedirector(config)
         return cls(net, config, meta or HGRMeta())
 
+    def to(self, device: Optional[Union[str, torch.device]] = None, dtype: Optional[torch.dtype] = None) -> "HGRBundle":
+        """Move/cast the network in place (e.g. to the sampler's device, fp16 on GPU); returns self."""
+        self.net.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
     # -- description ---------------------------------------------------------------------------------------
     def num_parameters(self) -> int:
         return self.net.num_parameters()

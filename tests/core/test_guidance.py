@@ -314,3 +314,17 @@ def test_padding_rule(lengths) -> None:
         assert torch.equal(p[:, :, 0], (torch.arange(n) % t).float().expand(2, n))
     with pytest.raises(ValueError):
         common_token_length([77, 0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_hgr_with_cpu_conditioning_and_back() -> None:
+    b = _bundle(trained=True).to("cuda", torch.float16)
+    assert b.device.type == "cuda" and b.dtype == torch.float16
+    g = torch.Generator().manual_seed(8)
+    c, u = Cond(torch.randn(2, 77, D, generator=g)), Cond(torch.randn(2, 154, D, generator=g))
+    res = SafeGuidance(b, GateConfig(mode="always")).redirected_negative(c, u)
+    assert res.u_star.tokens.device.type == "cpu" and res.u_star.tokens.dtype == torch.float32
+    ref = SafeGuidance(_bundle(trained=True), GateConfig(mode="always")).redirected_negative(c, u)
+    torch.testing.assert_close(res.u_star.tokens, ref.u_star.tokens, rtol=2e-2, atol=2e-2)
+    res_gpu = SafeGuidance(b, GateConfig(mode="always")).redirected_negative(c.to("cuda"), u.to("cuda", torch.bfloat16))
+    assert res_gpu.u_star.tokens.device.type == "cuda" and res_gpu.u_star.tokens.dtype == torch.bfloat16

@@ -338,3 +338,12 @@ def test_missing_latents_and_bad_encoder_output() -> None:
     with pytest.raises(NonFiniteInputError, match="encodings"):
         train_hgr(nan_encoder, world.denoiser, ps, TrainConfig(steps=1, batch_size=4), world.hgr_config,
                   sample_latents=world.sample_latents)
+
+
+def test_mixed_precision_training_runs() -> None:
+    world, ps = _tiny_world()
+    res = train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=4, batch_size=4, autocast_dtype="bf16"),
+                    world.hgr_config, sample_latents=world.sample_latents)
+    assert all(torch.isfinite(torch.tensor(res.loss_history)))
+    assert res.bundle.dtype == torch.float32  # master weights stay fp32
+    assert res.bundle.net.out_proj.weight.abs().sum() > 0
