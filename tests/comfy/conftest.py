@@ -37,7 +37,7 @@ CACHE_DIR, REPO_ROOT, torchvision_shim_dir = _root.CACHE_DIR, _root.REPO_ROOT, _
 PACK_LINK_NAME = "comfyui-safecfg-under-test"
 
 AUTOSHIM = '''"""Placeholders for optional ComfyUI dependencies not installed in the safecfg test environment."""
-import importlib.abc, importlib.machinery, sys, types
+import importlib.abc, importlib.machinery, importlib.util, sys, types
 ROOTS = {"torchvision", "torchaudio", "av", "kornia", "spandrel", "alembic", "sqlalchemy", "sentencepiece",
          "requests"}
 class _DummyMeta(type):
@@ -56,19 +56,19 @@ class _Mod(types.ModuleType):
         return _Dummy
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def find_spec(self, fullname, path, target=None):
-        if fullname.split(".")[0] in ROOTS:
-            try:
-                sys.meta_path.remove(self)
-                import importlib.util
-                real = importlib.util.find_spec(fullname.split(".")[0])
-            except Exception:
-                real = None
-            finally:
-                sys.meta_path.insert(0, self)
-            if real is not None:
-                return None
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
+        root = fullname.split(".")[0]
+        if root not in ROOTS:
+            return None
+        if "." in fullname:  # a submodule: shim it only if its package is one of our placeholders
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True) if isinstance(sys.modules.get(root), _Mod) else None
+        sys.meta_path.remove(self)
+        try:
+            real = importlib.util.find_spec(root)
+        except Exception:
+            real = None
+        finally:
+            sys.meta_path.insert(0, self)
+        return None if real is not None else importlib.machinery.ModuleSpec(fullname, self, is_package=True)
     def create_module(self, spec):
         m = _Mod(spec.name); m.__path__ = []; return m
     def exec_module(self, module): pass
