@@ -187,6 +187,8 @@ class SLDDenoise:
         self.last_step = step
 
         d_t, d_u, d_s = self.passes(x, sigma)
+        if sigma_value <= 0.0:  # no eps exists at sigma 0 (samplers never evaluate it); nothing to guide
+            return cfg_combine(d_t, d_u, self.w)
         s = _view_sigma(sigma.to(x.dtype), x.ndim)
         e_t, e_u, e_s = (x - d_t) / s, (x - d_u) / s, (x - d_s) / s
         g_s, self.momentum = sld_safety_guidance(e_t, e_u, e_s, self.momentum, self.config)

@@ -200,6 +200,21 @@ def main(root: str, out_path: str) -> None:
             out = comfy.sample.sample(patcher, noise, steps, cfg, "euler", scheduler, positive, negative, latent,
                                       denoise=1.0, disable_pbar=True, seed=99)
         res[f"ksampler_{scheduler}_{steps}_{cfg}"] = out.float().cpu()
+    # img2img-style: denoise < 1 (tail of a longer schedule, no max_denoise) on a non-zero input latent
+    g = torch.Generator().manual_seed(77)
+    latent_in = torch.randn(2, 4, 8, 8, generator=g) * 3.0
+    for scheduler, steps, denoise in [("normal", 6, 0.6), ("karras", 5, 0.35)]:
+        # the current KSampler takes the ModelPatcher, the 2024 one the BaseModel
+        ks_model = patcher if hasattr(patcher, "get_model_object") else model
+        ks = comfy.samplers.KSampler(ks_model, steps=steps, device=torch.device("cpu"), sampler="euler",
+                                     scheduler=scheduler, denoise=denoise)
+        res[f"denoise_sigmas_{scheduler}_{steps}_{denoise}"] = ks.sigmas.float().cpu()
+        noise = comfy.sample.prepare_noise(latent_in, 5)
+        with torch.no_grad():
+            out = comfy.sample.sample(patcher, noise, steps, 4.0, "euler", scheduler, [[inp["pos"], {}]],
+                                      [[inp["neg"], {}]], latent_in, denoise=denoise, disable_pbar=True, seed=5)
+        res[f"img2img_{scheduler}_{steps}_{denoise}"] = out.float().cpu()
+    res["img2img_latent"] = latent_in
     res["latent_scale_factor"] = torch.tensor(float(mc.latent_format.scale_factor))
     torch.save(res, out_path)
 

@@ -160,3 +160,11 @@ def test_negative_prompt_is_cfg_with_concept_as_uncond():
     # D(c) = 1 - 0.5 e_c = [0.5, 0, -0.5, -1]; D(k) = [1, 0.5, 1.5, 0]; D(k) + 4 (D(c) - D(k))
     assert torch.allclose(out.flatten(), torch.tensor([-1.0, -1.5, -6.5, -4.0], dtype=torch.float64), atol=1e-12)
     assert torch.equal(out, CFGDenoise(den, c, k, 4.0)(x, sigma))
+
+
+def test_sld_at_sigma_zero_is_finite_cfg():
+    den = EpsTableDenoiser()
+    x = torch.ones(1, 4, 1, 1, dtype=torch.float64)
+    sld = SLDDenoise(den, cond_of(E_T), cond_of(E_U), cond_of(E_S), w=3.0, config=SLDConfig(0, 10.0, 0.05, 0.5, 0.25))
+    out = sld(x, torch.zeros(1, dtype=torch.float64))
+    assert torch.equal(out, x)  # D = x - 0 * eps for every pass

@@ -17,7 +17,7 @@ import torch
 
 from safecfg_core.conditioning import Cond
 from safecfg_core.sampling import CFGDenoise, DiscreteEpsDenoiser, prepare_noise, sample
-from safecfg_core.schedules import DiscreteSchedule, get_sigmas
+from safecfg_core.schedules import DiscreteSchedule, get_sigmas, get_sigmas_denoise
 
 HERE = Path(__file__).resolve().parent
 
@@ -123,3 +123,17 @@ def test_full_ksampler_run(comfy_ref, inputs, scheduler, steps, cfg):
                   scale_factor=float(comfy_ref["latent_scale_factor"]))
     assert guided.calls == steps
     assert_same(ours, comfy_ref[f"ksampler_{scheduler}_{steps}_{cfg}"], f"KSampler {scheduler}/{steps}/cfg {cfg}")
+
+
+@pytest.mark.parametrize("scheduler,steps,denoise", [("normal", 6, 0.6), ("karras", 5, 0.35)])
+def test_partial_denoise_on_an_input_latent(comfy_ref, inputs, scheduler, steps, denoise):
+    """denoise < 1: tail of a longer schedule, noise scaled without max_denoise, latent through the scale factor."""
+    schedule = DiscreteSchedule()
+    sigmas = get_sigmas_denoise(schedule, scheduler, steps, denoise)
+    assert_same(sigmas, comfy_ref[f"denoise_sigmas_{scheduler}_{steps}_{denoise}"], f"{scheduler} denoise {denoise}")
+    den = DiscreteEpsDenoiser(REF.TinyEpsNet(ctx_dim=REF.CTX_DIM), schedule)
+    guided = CFGDenoise(den, Cond(inputs["pos"]), Cond(inputs["neg"]), 4.0)
+    latent = comfy_ref["img2img_latent"]
+    ours = sample(guided, schedule, noise=prepare_noise(list(latent.shape), 5), latent=latent, sigmas=sigmas,
+                  scale_factor=float(comfy_ref["latent_scale_factor"]))
+    assert_same(ours, comfy_ref[f"img2img_{scheduler}_{steps}_{denoise}"], f"KSampler {scheduler} denoise {denoise}")
