@@ -212,7 +212,7 @@ class TrainConfig:
     calibrate_fpr: float = 0.01
     calibrate_margin: float = 1.1
     calibrate_softness: float = 0.25
-    autocast_dtype: Optional[str] = None  # "bf16" / "fp16": mixed precision for the passes
+    autocast_dtype: Optional[str] = None  # "bf16" (recommended) / "fp16" (no loss scaling): mixed-precision passes
     # run-only
     checkpoint_path: Optional[str] = None
     checkpoint_every: int = 100
@@ -430,25 +430,33 @@ def calibrate_threshold(bundle: HGRBundle, text_encoder: TextEncoder, clean_prom
 
 
 class _Freeze:
-    """Freeze a denoiser's parameters (and put it in eval mode) for the duration of training, then restore."""
+    """Freeze the denoiser's parameters (and put it in eval mode) for the duration of training, then restore.
+
+    Works for an ``nn.Module`` denoiser and for a plain wrapper object holding modules as attributes (e.g. a
+    ``DiscreteEpsDenoiser`` around a UNet), so no gradient memory is ever spent on the model.
+    """
 
     def __init__(self, denoiser: Any) -> None:
-        self.module = denoiser if isinstance(denoiser, torch.nn.Module) else None
+        if isinstance(denoiser, torch.nn.Module):
+            self.modules = [denoiser]
+        else:
+            self.modules = [v for v in vars(denoiser).values() if isinstance(v, torch.nn.Module)] \
+                if hasattr(denoiser, "__dict__") else []
 
     def __enter__(self) -> "_Freeze":
-        if self.module is not None:
-            self.flags = [(p, p.requires_grad) for p in self.module.parameters()]
-            self.was_training = self.module.training
-            for p, _ in self.flags:
-                p.requires_grad_(False)
-            self.module.eval()
+        self.flags = [(p, p.requires_grad) for m in self.modules for p in m.parameters()]
+        self.modes = [(m, m.training) for m in self.modules]
+        for p, _ in self.flags:
+            p.requires_grad_(False)
+        for m in self.modules:
+            m.eval()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.module is not None:
-            for p, flag in self.flags:
-                p.requires_grad_(flag)
-            self.module.train(self.was_training)
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+        for m, mode in self.modes:
+            m.train(mode)
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
@@ -606,17 +614,17 @@ def train_hgr(
     n_c_rows = config.batch_size - config.batch_size // 2
     n_h_rows = config.batch_size // 2
     n_clean, n_harm = len(prompts.clean), len(prompts.harmful)
-    amp = None
-    if config.autocast_dtype:
-        amp = torch.autocast(device.type, dtype=torch.bfloat16 if config.autocast_dtype == "bf16" else torch.float16)
+    amp_dtype = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.autocast_dtype]
+
+    def autocast():
+        """Mixed precision for the passes when asked for (weights and optimizer stay fp32)."""
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         counters["denoiser_calls"] += 1
         counters["denoiser_rows"] += int(x.shape[0])
-        if amp is not None:
-            with torch.autocast(device.type, dtype=amp.fast_dtype):
-                return denoiser(x, sigma, cond).float()
-        return denoiser(x, sigma, cond).float()
+        with autocast():
+            return denoiser(x, sigma, cond).float()
 
     with _Freeze(denoiser):
         while step < config.steps:
@@ -670,10 +678,7 @@ def train_hgr(
             lr_now = _lr_at(step, config)
             for g in opt.param_groups:
                 g["lr"] = lr_now
-            if amp is not None:
-                with torch.autocast(device.type, dtype=amp.fast_dtype):
-                    delta = net(c_b, u_b)
-            else:
+            with autocast():
                 delta = net(c_b, u_b)
             delta_t = delta.tokens.float()
             u_star = Cond(u_b.tokens + delta_t.to(u_b.tokens.dtype),
@@ -694,8 +699,11 @@ def train_hgr(
                     f"Training diverged at step {step} (loss is {float(loss)}); lower lr (now {config.lr}) or "
                     "use fp32 (no autocast)."
                 )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # Gradients for the HGR only (never into the denoiser, even if something in it still requires grad).
+            params = [p for p in net.parameters()]
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for p_, g_ in zip(params, grads):
+                p_.grad = g_
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
             opt.step()

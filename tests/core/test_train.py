@@ -214,6 +214,8 @@ class _DenoiserWithParam(AnalyticDenoiser):
         self.gain = torch.nn.Parameter(torch.tensor(1.0))
 
     def forward(self, x, sigma, cond):
+        self.seen_requires_grad = getattr(self, "seen_requires_grad", set()) | {self.gain.requires_grad}
+        self.seen_training = getattr(self, "seen_training", set()) | {self.training}
         return super().forward(x, sigma, cond) * self.gain
 
 
@@ -224,6 +226,7 @@ def test_denoiser_is_frozen_and_restored(tmp_path: Path) -> None:
     den.train()
     train_hgr(world.text_encoder, den, ps, TrainConfig(steps=2, batch_size=4), world.hgr_config,
               sample_latents=world.sample_latents)
+    assert den.seen_requires_grad == {False} and den.seen_training == {False}  # frozen, eval mode while training
     assert den.gain.grad is None  # no gradient ever reached the model
     assert den.gain.requires_grad and den.training  # and its state is as it was
 
@@ -347,3 +350,23 @@ def test_mixed_precision_training_runs() -> None:
     assert all(torch.isfinite(torch.tensor(res.loss_history)))
     assert res.bundle.dtype == torch.float32  # master weights stay fp32
     assert res.bundle.net.out_proj.weight.abs().sum() > 0
+
+
+class _WrapperDenoiser:
+    """A non-Module denoiser holding a module (like a ComfyUI model wrapper)."""
+
+    def __init__(self, inner: AnalyticDenoiser) -> None:
+        self.inner = inner
+
+    def __call__(self, x, sigma, cond):
+        return self.inner(x, sigma, cond)
+
+
+def test_wrapped_denoiser_is_frozen_too() -> None:
+    world, ps = _tiny_world()
+    inner = _DenoiserWithParam()
+    inner.center.copy_(world.denoiser.center)
+    train_hgr(world.text_encoder, _WrapperDenoiser(inner), ps, TrainConfig(steps=2, batch_size=4), world.hgr_config,
+              sample_latents=world.sample_latents)
+    assert inner.seen_requires_grad == {False} and inner.seen_training == {False}
+    assert inner.gain.grad is None and inner.gain.requires_grad
