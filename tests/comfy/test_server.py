@@ -231,3 +231,48 @@ def test_train_hgr_node_trains_saves_and_refuses_bad_input(comfy_server):
     bad["30"]["inputs"]["name"] = "../.."
     msg = run_error(comfy_server, bad)
     assert "SafeCFG Train HGR" in msg, msg
+
+
+WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows" / "api"
+
+
+def _demo_variant() -> str:
+    from safecfg_core.demo import world
+
+    files = getattr(world, "WEIGHT_FILES", {})
+    return "demo" if files and all(Path(p).exists() for p in files.values()) else "untrained"
+
+
+def test_workflow_demo_vs_cfg_runs(comfy_server, hgr_files):
+    import json
+    import shutil
+
+    g = json.loads((WORKFLOWS / "safecfg_demo_vs_cfg.json").read_text())
+    g["1"]["inputs"]["variant"] = _demo_variant()
+    if g["1"]["inputs"]["variant"] == "untrained":  # the shipped demo HGR belongs to the trained demo model
+        shutil.copy(comfy_server.hgr_dir / "gated.safetensors", comfy_server.hgr_dir / "safecfg_demo.safetensors")
+    else:
+        from safecfg_core.demo.world import HGR_PATH
+        shutil.copy(HGR_PATH if Path(HGR_PATH).exists() else comfy_server.hgr_dir / "gated.safetensors",
+                    comfy_server.hgr_dir / "safecfg_demo.safetensors")
+    for k in ("5", "6"):
+        g[k]["inputs"]["steps"] = 3
+    g["4"]["inputs"]["batch_size"] = 1
+    g["2"]["inputs"]["text"] = hgr_files["harmful"]
+    entry = comfy_server.run(g)
+    assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
+    assert len(comfy_server.output_images(entry, "9")) == 1 and len(comfy_server.output_images(entry, "12")) == 1
+    report = entry["outputs"]["13"]["text"][0]
+    assert "prompt harm score" in report and "image score-level ratio" in report, report
+
+
+def test_workflow_train_hgr_runs(comfy_server):
+    import json
+
+    g = json.loads((WORKFLOWS / "train_hgr_demo.json").read_text())
+    g["1"]["inputs"]["variant"] = _demo_variant()
+    g["2"]["inputs"].update({"steps": 4, "sample_steps": 2, "batch_size": 4, "name": "workflow_hgr"})
+    entry = comfy_server.run(g)
+    assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
+    assert (comfy_server.hgr_dir / "workflow_hgr.safetensors").exists()
+    assert len(comfy_server.output_images(entry, "3")) == 1
