@@ -104,10 +104,16 @@ class SafeCFGWrapper:
         return self
 
     def to(self, device):
+        # ComfyUI calls this with the load/offload device and with the model's dtype; the HGR follows the device
+        # but stays in its own (fp32) precision.
+        if isinstance(device, torch.dtype):
+            if self.previous is not None and hasattr(self.previous, "to"):
+                self.previous = self.previous.to(device)
+            return self
         net = self.redirector.guidance.bundle.net
         net.to(device)
         if self.previous is not None and hasattr(self.previous, "to"):
-            self.previous.to(device)
+            self.previous = self.previous.to(device)
         return self
 
 
