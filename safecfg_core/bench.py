@@ -285,7 +285,7 @@ def build_demo(device: torch.device, quick: bool) -> BenchModel:
             for m in (net.out, net.out_ada):
                 m.weight.normal_(0, 0.02)
         net = net.to(device).eval()
-        schedule = DiscreteSchedule()
+        schedule = DiscreteSchedule().to(device)
         d = cfg["context_dim"]
         c = _random_cond(1, 77, d, 0, device, 1)
         u = _random_cond(1, 77, d, 0, device, 2)
@@ -338,18 +338,19 @@ def build_comfy_family(family: str, device: torch.device, dtype: torch.dtype, co
     if quick:
         size = 8
     net = UNetModel(**unet_cfg, dtype=dtype, device=device, operations=ops)
-    gen = torch.Generator(device="cpu").manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():  # disable_weight_init leaves weights uninitialised: a standard fan-in initialisation
         for pname, p in net.named_parameters():
             if p.dim() >= 2:
                 fan_in = p[0].numel()
-                p.copy_((torch.randn(p.shape, generator=gen) / fan_in ** 0.5).to(p.dtype))
+                w = torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32) / fan_in ** 0.5
+                p.copy_(w.to(p.dtype))
             elif pname.endswith("weight"):
                 p.fill_(1.0)  # norm scales
             else:
                 p.zero_()
     net.eval()
-    schedule = DiscreteSchedule()
+    schedule = DiscreteSchedule().to(device)
     c = _random_cond(1, 77, token_dim, pooled_dim, device, 1)
     u = _random_cond(1, 77, token_dim, pooled_dim, device, 2)
     k = _random_cond(1, 77, token_dim, pooled_dim, device, 3)
