@@ -362,6 +362,15 @@ def _restore_optimizer(opt: torch.optim.Optimizer, extras: Mapping[str, torch.Te
     opt.load_state_dict({"state": state, "param_groups": json.loads(groups_json)})
 
 
+def training_fingerprint(prompts: PromptSet, config: TrainConfig, hgr_config: HGRConfig) -> str:
+    """Hash of everything that determines a training result (prompts, result-relevant settings, HGR shape).
+
+    Stored in checkpoints (resume refuses a different one) and in the final file's ``meta.training``, so a
+    caller can tell whether an existing HGR was trained from exactly these inputs.
+    """
+    return _fingerprint(prompts, config, hgr_config)
+
+
 def _fingerprint(prompts: PromptSet, config: TrainConfig, hgr_config: HGRConfig) -> str:
     blob = json.dumps({"prompts": prompts.fingerprint(), "train": config.result_fields(),
                        "hgr": hgr_config.to_dict()}, sort_keys=True, default=str)
@@ -733,6 +742,9 @@ def train_hgr(
         "prompt_set": prompts.fingerprint(), "fingerprint": fingerprint, "resumed_from": resumed_from,
         "train_seconds": round(time.monotonic() - t_start, 3), "train_config": config.result_fields(),
         "roc_auc_train": cal.get("roc_auc"), **counters,
+        # at most ~200 points, enough to plot the curve from the file alone
+        "loss_history": [round(v, 6) for v in history[:: max(1, len(history) // 200)]],
+        "loss_history_stride": max(1, len(history) // 200),
     }
     bundle.meta.training = summary
     report(TrainProgress(config.steps, config.steps, history[-1] if history else None,
@@ -750,4 +762,5 @@ __all__ = [
     "calibrate_threshold",
     "harm_scores",
     "train_hgr",
+    "training_fingerprint",
 ]
