@@ -110,6 +110,8 @@ def test_training_metadata_and_efficiency(trained) -> None:
     # Exactly two batched denoiser calls per step: one for all targets, one with gradients.
     assert meta.training["denoiser_calls"] == 2 * 200
     assert len(result.loss_history) == 200
+    stride = meta.training["loss_history_stride"]
+    assert meta.training["loss_history"] == pytest.approx(result.loss_history[::stride], abs=1e-6)
 
 
 def test_calibration_rule() -> None:
