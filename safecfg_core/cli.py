@@ -41,6 +41,7 @@ only if the module exists."""
 
 MODEL_LOADERS: Dict[str, Union[str, Callable[[], Any]]] = {
     "analytic": ".analytic:load_analytic_world",
+    "demo": ".demo.train_hgr:load_cli_world",
 }
 """``--model`` choices: name -> ``"module:function"`` (relative to this package) or a callable."""
 
