@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="mixed precision for the model passes")
     p.add_argument("--fpr", type=float, default=0.01, help="clean false-positive rate for the threshold")
+    p.add_argument("--latent-batch", type=int, default=8,
+                   help="prompts per call of the model's sampler when generating the training latents")
     p.add_argument("--log-every", type=int, default=25, help="print progress every N steps")
     p.add_argument("--json", action="store_true", help="print the training summary as JSON at the end")
 
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, clean_penalty=args.clean_penalty,
             negative_prompt=getattr(world, "negative_prompt", ""), cfg_scale=getattr(world, "cfg_scale", 7.0),
             checkpoint_path=str(ckpt), checkpoint_every=args.checkpoint_every, resume=args.resume,
-            device=args.device, autocast_dtype=args.autocast, calibrate_fpr=args.fpr,
+            device=args.device, autocast_dtype=args.autocast, calibrate_fpr=args.fpr, latent_batch_size=args.latent_batch,
             sigma_min=getattr(world, "sigma_range", (0.05, 20.0))[0], sigma_max=getattr(world, "sigma_range", (0.05, 20.0))[1],
         )
     except SafeCFGError as exc:
