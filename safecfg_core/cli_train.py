@@ -87,9 +87,12 @@ def run(args: argparse.Namespace) -> int:
 
     def progress(p: TrainProgress) -> Optional[bool]:
         if p.phase == "latents":
-            print(f"\rsampling the model's own latents: {p.step}/{p.total}", end="", flush=True)
+            if sys.stdout.isatty():
+                print(f"\rsampling the model's own latents: {p.step}/{p.total}", end="", flush=True)
+            elif p.step == p.total or p.step * 10 // p.total != (p.step - args.latent_batch) * 10 // p.total:
+                print(f"sampling the model's own latents: {p.step}/{p.total}", flush=True)
         elif p.phase == "train":
-            if last_phase["name"] == "latents":
+            if last_phase["name"] == "latents" and sys.stdout.isatty():
                 print()
             if p.step % args.log_every == 0 or p.step == p.total:
                 print(f"step {p.step:>5}/{p.total}  loss {p.loss:.4f} (harm {p.harm_loss:.4f}, clean {p.clean_loss:.4f}, "

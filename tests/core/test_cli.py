@@ -93,3 +93,30 @@ def test_train_reports_bad_prompt_file(tmp_path: Path, capsys) -> None:
     pf.write_text('{"clean": ["a cat"], "harmful": [{"prompt": "a bloody cat", "category": "gore"}], "concepts": {"violence": "blood"}}')
     assert cli.main(["train", "--prompts", str(pf), "--out", str(tmp_path / "o.safetensors")]) == 2
     assert "unknown category 'gore'" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
+    import signal
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    out = tmp_path / "h.safetensors"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "safecfg_core", "train", "--model", "analytic", "--steps", "100000", "--out", str(out),
+         "--log-every", "1", "--checkpoint-every", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp_path))
+    try:
+        lines = []
+        for line in proc.stdout:  # wait until training really runs
+            lines.append(line)
+            if line.startswith("step"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "checkpoint kept at" in err and "--resume" in err
+    ckpt = HGRBundle.load(tmp_path / "h.ckpt.safetensors")
+    assert ckpt.meta.training["checkpoint_step"] >= 1
+    assert not out.exists()  # nothing half-finished is presented as the result
