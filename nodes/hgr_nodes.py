@@ -86,6 +86,28 @@ class SafeCFGWrapper:
             return self.previous(apply_model, args)
         return apply_model(args["input"], args["timestep"], **args["c"])
 
+    def calc_cond_batch_wrapper(self, executor, model, conds, x_in, timestep, model_options):
+        """Current ComfyUI only (``WrappersMP.CALC_COND_BATCH``): announce the step's positive conditionings to the
+        redirector before any model call, so a split step whose negative runs first is redirected too."""
+        try:
+            entries = []
+            pooled_dim = self.redirector.pooled_dim
+            for entry in (conds[0] if conds else None) or []:
+                mc = entry.get("model_conds", {})
+                ca = mc.get("c_crossattn")
+                if ca is None:
+                    continue
+                tokens = ca.process_cond(batch_size=x_in.shape[0], device=x_in.device).cond
+                pooled = None
+                if pooled_dim and mc.get("y") is not None:
+                    pooled = mc["y"].process_cond(batch_size=x_in.shape[0], device=x_in.device).cond[:, :pooled_dim]
+                entries.append((entry.get("uuid"), tokens, pooled))
+            topts = model_options.get("transformer_options", {}) or {}
+            self.redirector.prime(entries, topts.get("sample_sigmas"), timestep)
+        except Exception as exc:  # priming is an optimisation of the split case; never break sampling
+            log.debug("SafeCFG: could not prime the redirector (%s)", exc)
+        return executor(model, conds, x_in, timestep, model_options)
+
     def post_cfg(self, args):
         """``sampler_post_cfg_function``: detects cfg = 1 (no negative pass this step); returns denoised as is."""
         scale = args.get("cond_scale")
@@ -176,6 +198,12 @@ class SafeCFG:
         wrapper = SafeCFGWrapper(redirector, previous, at_cfg_1)
         m.set_model_unet_function_wrapper(wrapper)
         m.set_model_sampler_post_cfg_function(wrapper.post_cfg)
+        try:  # current ComfyUI: see the step's conditionings before the model calls (split batches)
+            import comfy.patcher_extension as pe  # type: ignore
+
+            m.add_wrapper_with_key(pe.WrappersMP.CALC_COND_BATCH, "safecfg", wrapper.calc_cond_batch_wrapper)
+        except (ImportError, AttributeError):  # ComfyUI before the wrapper system (e.g. March 2024)
+            pass
         return (m,)
 
 

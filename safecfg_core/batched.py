@@ -11,11 +11,13 @@ higher indices, which are left alone here). The token states of all chunks arriv
 
 * the cond chunks of the same call (with several, as after ``ConditioningCombine``: per row the one HGR finds
   most harmful), or
-* when ComfyUI ran the cond and the uncond in separate calls, the cond chunks last seen in this sampling run
-  (in the current step if already seen, else the previous step). ComfyUI batches from the end of its run list,
-  so a split step runs the uncond *first*: at the very first step of a run nothing is known about the prompt
-  yet and that one uncond pass is left unredirected (a warning is logged once). Small models on a card with
-  memory to spare never split.
+* when ComfyUI ran the cond and the uncond in separate calls, the cond chunks of this step announced by
+  :meth:`BatchedRedirector.prime` (the current ComfyUI's ``calc_cond_batch`` wrapper calls it before any model
+  call), else the cond chunks last seen in this sampling run (in the current step if already seen, else the
+  previous step). ComfyUI batches from the end of its run list, so a split step runs the uncond *first*: without
+  priming (ComfyUI before the wrapper system, e.g. March 2024) nothing is known about the prompt at the very
+  first step of a run, and that one uncond pass is left unredirected (a warning is logged once). Models that fit
+  in memory twice over never split.
 
 Caching (nothing but a tensor swap per step): ``Delta`` depends only on the prompt, so ``u*`` is computed once per
 (prompt, negative, sampling run) and reused. The cache key is chosen without reading tensor values back:
@@ -154,6 +156,21 @@ class BatchedRedirector:
             if self._step_conds:
                 self._prev_step_conds = self._step_conds
             self._step_conds = []
+
+    def prime(self, conds: Sequence[Tuple[Any, torch.Tensor, Optional[torch.Tensor]]], sample_sigmas: Any,
+              step_sigma: Any) -> None:
+        """Announce this step's positive chunks ``(uuid, tokens [rows, T, D], pooled | None)`` before the model runs.
+
+        The current ComfyUI lets a ``calc_cond_batch`` wrapper see every conditioning of the step before the model
+        calls; priming from there means even a split step whose negative pass runs first (at the very first step of
+        a run) is redirected. Nothing is computed here.
+        """
+        with self._lock:
+            self._track_run_and_step({"sample_sigmas": sample_sigmas, "sigmas": step_sigma})
+            known = {k for k, _, _ in self._step_conds if k is not None}
+            for entry in conds:
+                if entry[0] is None or entry[0] not in known:
+                    self._step_conds.append(entry)
 
     # ------------------------------------------------------------------ main entry
     def __call__(

