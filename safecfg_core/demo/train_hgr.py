@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -69,14 +70,15 @@ class DemoCLIWorld:
 
 def sample_demo_latents(world, prompts: List[str], cfg_scale: float = DEFAULT_CFG, steps: int = 20,
                         batch_size: int = 256) -> torch.Tensor:
-    """The demo model's own plain-CFG samples (Euler, 20 steps), seeded by position in the list."""
+    """The demo model's own plain-CFG samples (Euler, 20 steps), each seeded by its prompt's text (CRC32), so a
+    prompt gets the same latent however the trainer chunks the list."""
     denoiser = world.denoiser()
     u = world.text_encoder.encode([""])
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         c = world.text_encoder.encode(chunk)
-        noise = noise_for_seeds((4, 8, 8), list(range(start, start + len(chunk))))
+        noise = noise_for_seeds((4, 8, 8), [zlib.crc32(p.encode("utf-8")) for p in chunk])
         out.append(sample(CFGDenoise(denoiser, c, u.repeat_batch(len(chunk)), cfg_scale), world.schedule,
                           noise=noise, steps=steps))
     return torch.cat(out)
@@ -115,7 +117,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = TrainConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed, cfg_scale=DEFAULT_CFG,
         sigma_schedule=[float(s) for s in world.schedule.sigmas], checkpoint_path=args.checkpoint,
-        checkpoint_every=100, resume=args.resume,
+        checkpoint_every=100, resume=args.resume, latent_batch_size=256,
     )
     t0 = time.perf_counter()
 
