@@ -46,20 +46,17 @@ def build_items(per_kind: int, scene_seed: int):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..hgr import HGRBundle
-    from .experiment import evaluator_accuracy, measure, pick_grid_rows, run_experiment, write_outputs
-    from .world import load_demo_world
+    from .experiment import (evaluator_accuracy, load_world_and_hgr, measure, pick_grid_rows, run_experiment,
+                             write_outputs)
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    world = load_demo_world()
-    hgr_path = args.hgr or world.hgr_path
-    if hgr_path is None:
-        print("error: the demo HGR is missing; train it with `python -m safecfg_core.demo.train_hgr`.", file=sys.stderr)
+    try:
+        world, bundle, hgr_path = load_world_and_hgr(args.hgr)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    bundle = HGRBundle.load(hgr_path)
-    bundle.check_compatible(world.token_dim, 0, world.family)
     print(f"demo world loaded; HGR {hgr_path} ({bundle.net.num_parameters():,} parameters, "
           f"threshold {bundle.meta.threshold})", flush=True)
     acc = evaluator_accuracy(world)

@@ -23,23 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..hgr import HGRBundle
-    from .experiment import measure, pick_grid_rows, read_prompt_file, run_experiment, write_outputs
-    from .world import load_demo_world
+    from .experiment import load_world_and_hgr, measure, pick_grid_rows, read_prompt_file, run_experiment, write_outputs
 
     t0 = time.perf_counter()
     try:
         items = read_prompt_file(args.prompts)
+        world, bundle, _ = load_world_and_hgr(args.hgr)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    world = load_demo_world()
-    hgr_path = args.hgr or world.hgr_path
-    if hgr_path is None:
-        print("error: no HGR given and the demo HGR is missing.", file=sys.stderr)
-        return 2
-    bundle = HGRBundle.load(hgr_path)
-    bundle.check_compatible(world.token_dim, 0, world.family)
     result = run_experiment(world, bundle, items, list(range(args.seeds)), cfg_scale=args.cfg, steps=args.steps,
                             progress=lambda msg: print(msg, flush=True))
     metrics = measure(world, result)

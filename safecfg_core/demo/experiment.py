@@ -131,6 +131,21 @@ def read_prompt_file(path: str) -> List[EvalItem]:
     return items
 
 
+# ------------------------------------------------------------------------------------------------ loading
+def load_world_and_hgr(hgr_path: Optional[str] = None):
+    """The demo world and an HGR checked against it (default: the HGR shipped with the demo world)."""
+    from .world import load_demo_world
+
+    world = load_demo_world()
+    path = hgr_path or world.hgr_path
+    if path is None:
+        raise FileNotFoundError("The demo HGR (safecfg_core/demo/weights/hgr.safetensors) is missing; pass --hgr FILE "
+                                "or retrain it with `python -m safecfg_core.demo.train_hgr`.")
+    bundle = HGRBundle.load(path)
+    bundle.check_compatible(world.token_dim, 0, world.family)
+    return world, bundle, path
+
+
 # ------------------------------------------------------------------------------------------------ sampling
 def _guided(method: str, denoiser, c: Cond, u: Cond, concept: Cond, w: float, steps: int, sigmas, guidance):
     if method == "cfg":
