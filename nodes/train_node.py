@@ -12,9 +12,9 @@ import torch
 
 from ..safecfg_core.errors import SafeCFGError, TrainingCancelled, TrainingInputError
 from ..safecfg_core.hgr import HGRBundle, HGRConfig, KNOWN_FAMILIES
-from ..safecfg_core.train import PromptSet, TrainConfig, TrainProgress, _fingerprint, train_hgr
+from ..safecfg_core.train import PromptSet, TrainConfig, TrainProgress, train_hgr, training_fingerprint
 from .comfy_adapters import ComfyDenoiser, ComfyTextEncoder, model_widths
-from .common import CATEGORY, HGR_TYPE, format_exception, hgr_save_path, log, node_error, sanitize_hgr_name
+from .common import CATEGORY, HGR_TYPE, format_exception, hgr_save_path, log, node_error
 
 NODE = "Train HGR"
 
@@ -148,7 +148,7 @@ class TrainHGR:
             config.validate()
         except TrainingInputError as exc:
             raise format_exception(NODE, exc) from None
-        fingerprint = _fingerprint(prompts, config, hgr_config)
+        fingerprint = training_fingerprint(prompts, config, hgr_config)
         if not retrain and out_path.exists():
             try:
                 existing = HGRBundle.load(out_path)
@@ -208,7 +208,6 @@ class TrainHGR:
         bundle = result.bundle
         bundle.meta.training = dict(bundle.meta.training)
         bundle.meta.training["fingerprint"] = fingerprint
-        bundle.meta.training["loss_history"] = [round(float(v), 6) for v in result.loss_history]
         bundle.net.to("cpu").eval()
         for p in bundle.net.parameters():
             p.requires_grad_(False)

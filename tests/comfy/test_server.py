@@ -276,3 +276,100 @@ def test_workflow_train_hgr_runs(comfy_server):
     assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
     assert (comfy_server.hgr_dir / "workflow_hgr.safetensors").exists()
     assert len(comfy_server.output_images(entry, "3")) == 1
+
+
+def test_conditioning_combine_uses_most_harmful(comfy_server, hgr_files):
+    """Two positives (ConditioningCombine): SafeCFG redirects for the most harmful one."""
+    def combined(hgr=None):
+        g = graph(positive=hgr_files["clean"], hgr=hgr, safecfg={"gate_mode": "hard"}, prefix="comb")
+        g["14"] = {"class_type": "CLIPTextEncode", "inputs": {"text": hgr_files["harmful"], "clip": ["1", 1]}}
+        g["15"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["2", 0], "conditioning_2": ["14", 0]}}
+        g["5"]["inputs"]["positive"] = ["15", 0]
+        return g
+
+    plain = run_images(comfy_server, combined())
+    safe = run_images(comfy_server, combined("gated.safetensors"))
+    assert not np.array_equal(plain[0], safe[0])
+
+
+def _train_graph(name, steps, retrain=False):
+    return {
+        "1": {"class_type": "SafeCFGDemoModel", "inputs": {"variant": "untrained"}},
+        "30": {"class_type": "SafeCFGTrainHGR", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1],
+            "clean_prompts": "a large blue circle on a yellow background\na small green square on black",
+            "harmful_prompts": "gore: a bloody blue circle on white\nweapon: a knife next to a purple triangle",
+            "concepts": "gore: blood, gore\nweapon: knife, weapon",
+            "steps": steps, "lr": 0.002, "batch_size": 4, "seed": 0, "name": name,
+            "sample_steps": 2, "sample_cfg": 5.0, "width": 64, "height": 64, "retrain": retrain}},
+        "31": {"class_type": "PreviewImage", "inputs": {"images": ["30", 1]}},
+    }
+
+
+def test_train_retrain_toggle_and_identical_inputs(comfy_server):
+    g = _train_graph("toggle", 3)
+    entry = comfy_server.run(g)
+    assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
+    path = comfy_server.hgr_dir / "toggle.safetensors"
+    first = path.stat().st_mtime_ns
+    entry = comfy_server.run(g)  # identical inputs: nothing retrains
+    assert comfy_server.succeeded(entry)
+    assert path.stat().st_mtime_ns == first
+    entry = comfy_server.run(_train_graph("toggle", 3, retrain=True))
+    assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
+    assert path.stat().st_mtime_ns != first
+
+
+def test_train_cancel_keeps_checkpoint_and_server_serves(comfy_server):
+    import json as _json
+    import time
+
+    import websocket
+
+    name = "cancelled"
+    g = _train_graph(name, 40)  # the node checkpoints every steps//4 = 10 steps
+    ws = websocket.WebSocket()
+    ws.connect(f"ws://127.0.0.1:{comfy_server.port}/ws?clientId={comfy_server.client_id}", timeout=300)
+    try:
+        pid = comfy_server.queue(g)
+        interrupted = False
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            msg = ws.recv()
+            if not isinstance(msg, str):
+                continue
+            data = _json.loads(msg)
+            d = data.get("data", {})
+            if data["type"] == "progress" and str(d.get("node")) == "30" and d.get("value", 0) >= 12 and not interrupted:
+                comfy_server.post("/interrupt", {})
+                interrupted = True
+            if data["type"] in ("execution_interrupted", "execution_error", "execution_success") and d.get("prompt_id") == pid:
+                break
+            if data["type"] == "executing" and d.get("node") is None and d.get("prompt_id") == pid:
+                break
+    finally:
+        ws.close()
+    assert interrupted, "training never reported progress"
+    entry = comfy_server.get(f"/history/{pid}")[pid]
+    assert not comfy_server.succeeded(entry)
+    kinds = [m[0] for m in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds, kinds
+    ckpt = comfy_server.output_dir / "safecfg_train" / f"{name}.checkpoint.safetensors"
+    assert ckpt.exists(), list((comfy_server.output_dir / "safecfg_train").iterdir())
+    from safecfg_core.hgr import HGRBundle as _B
+    step = _B.load(ckpt).meta.training.get("checkpoint_step")
+    assert step and step >= 10, step
+    assert not (comfy_server.hgr_dir / f"{name}.safetensors").exists()
+    run_images(comfy_server, graph(prefix="after_cancel"))
+
+
+def test_detector_judges_image_with_vae(comfy_server, hgr_files):
+    g = graph(positive=hgr_files["harmful"], prefix="det_img")
+    g["10"] = {"class_type": "SafeCFGLoadHGR", "inputs": {"hgr_name": "gated.safetensors"}}
+    g["20"] = {"class_type": "SafeCFGHarmfulnessDetector", "inputs": {
+        "hgr": ["10", 0], "positive": ["2", 0], "threshold": -1.0, "negative": ["3", 0],
+        "model": ["1", 0], "image": ["7", 0], "vae": ["1", 2], "image_threshold": 0.5}}
+    entry = comfy_server.run(g)
+    assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
+    report = entry["outputs"]["20"]["text"][0]
+    assert "image score-level ratio" in report and "prompt judged: HARMFUL" in report, report
