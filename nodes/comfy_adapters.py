@@ -63,15 +63,20 @@ class ComfyTextEncoder:
     def __init__(self, clip: Any, with_pooled: bool = False) -> None:
         self.clip = clip
         self.with_pooled = with_pooled
+        self._memo: dict = {}  # text -> Cond; training encodes the same prompts several times
 
     def __call__(self, prompts: Sequence[str]) -> Cond:
         if isinstance(prompts, str):
             prompts = [prompts]
         conds = []
         for text in prompts:
-            cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
-            p = pooled.float().reshape(1, -1) if (self.with_pooled and isinstance(pooled, torch.Tensor)) else None
-            conds.append(Cond(cond.float().cpu(), None if p is None else p.cpu()))
+            hit = self._memo.get(text)
+            if hit is None:
+                cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
+                p = pooled.float().reshape(1, -1) if (self.with_pooled and isinstance(pooled, torch.Tensor)) else None
+                hit = Cond(cond.float().cpu(), None if p is None else p.cpu())
+                self._memo[text] = hit
+            conds.append(hit)
         return Cond.cat(conds)
 
     encode = __call__

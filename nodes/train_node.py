@@ -213,8 +213,10 @@ class TrainHGR:
             p.requires_grad_(False)
         bundle.save(out_path)
         ckpt.unlink(missing_ok=True)
+        resumed = result.summary.get("resumed_from")
         summary = (f"saved {out_path.name}: {bundle.describe()}; final loss "
-                   f"{result.loss_history[-1] if result.loss_history else float('nan'):.4f}")
+                   f"{result.loss_history[-1] if result.loss_history else float('nan'):.4f}"
+                   + (f" (resumed from the checkpoint at step {resumed})" if resumed else ""))
         log.info("SafeCFG Train HGR: %s", summary)
         image = _loss_image(result.loss_history, result.harm_history, result.clean_history, out_path.name)
         return (bundle, image, summary)
