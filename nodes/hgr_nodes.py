@@ -18,9 +18,9 @@ from .common import (CATEGORY, HGR_TYPE, format_exception, list_hgr_files, log, 
                      resolve_hgr_path)
 
 CFG1_MESSAGE = (
-    "cfg is 1, so ComfyUI skips the negative pass and CFG ignores the negative prompt: SafeCFG has nothing to "
-    "redirect and the image would NOT be made safer. Set cfg above 1 (SafeCFG redirects the negative side of "
-    "the guidance), or set 'at_cfg_1' to 'warn' to sample anyway."
+    "cfg is 1 (or the guider runs no negative pass, e.g. BasicGuider), so CFG ignores the negative prompt: "
+    "SafeCFG has nothing to redirect and the image would NOT be made safer. Set cfg above 1 (SafeCFG redirects "
+    "the negative side of the guidance), or set 'at_cfg_1' to 'warn' to sample anyway."
 )
 
 
