@@ -16,9 +16,8 @@ Constructors are called with keywords only, in the forms both the March-2024 and
 """
 from __future__ import annotations
 
-import logging
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 

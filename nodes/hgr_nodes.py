@@ -1,7 +1,6 @@
 """Load HGR, SafeCFG (model patch) and Harmfulness Detector nodes (classic V1 node API)."""
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Dict, Optional
 
