@@ -67,21 +67,42 @@ def hgr_folders() -> List[str]:
     return list(folder_paths.get_folder_paths(HGR_FOLDER))
 
 
+BUILTIN_DEMO_HGR = "safecfg_demo (built-in)"
+"""Choice in Load HGR for the HGR shipped with the pack for its demo model (when the file is present)."""
+
+
+def builtin_demo_hgr_path() -> Optional[Path]:
+    try:
+        from ..safecfg_core.demo.world import HGR_PATH
+    except Exception:  # the demo world is optional
+        return None
+    p = Path(HGR_PATH)
+    return p if p.is_file() else None
+
+
 def list_hgr_files() -> List[str]:
+    names: List[str] = []
     try:
         import folder_paths  # type: ignore
 
         register_hgr_folder()
-        return sorted(folder_paths.get_filename_list(HGR_FOLDER))
+        names = sorted(folder_paths.get_filename_list(HGR_FOLDER))
     except Exception as exc:  # never break /object_info
         log.warning("SafeCFG: could not list HGR files: %s", exc)
-        return []
+    if builtin_demo_hgr_path() is not None:
+        names.append(BUILTIN_DEMO_HGR)
+    return names
 
 
 def resolve_hgr_path(name: str) -> Path:
     """Full path of an HGR file chosen in the Load HGR node; refuses names that leave the hgr folders."""
     import folder_paths  # type: ignore
 
+    if name == BUILTIN_DEMO_HGR:
+        builtin = builtin_demo_hgr_path()
+        if builtin is None:
+            raise node_error("Load HGR", "the pack's demo HGR is not installed (safecfg_core/demo/weights/hgr.safetensors).")
+        return builtin
     if not isinstance(name, str) or not name.strip():
         raise node_error("Load HGR", "no HGR file chosen. Put .safetensors HGR files in models/hgr (or train one "
                                      "with the Train HGR node) and pick one.")

@@ -245,16 +245,15 @@ def _demo_variant() -> str:
 
 def test_workflow_demo_vs_cfg_runs(comfy_server, hgr_files):
     import json
-    import shutil
 
     g = json.loads((WORKFLOWS / "safecfg_demo_vs_cfg.json").read_text())
+    from safecfg_core.demo.world import HGR_PATH
+
     g["1"]["inputs"]["variant"] = _demo_variant()
-    if g["1"]["inputs"]["variant"] == "untrained":  # the shipped demo HGR belongs to the trained demo model
-        shutil.copy(comfy_server.hgr_dir / "gated.safetensors", comfy_server.hgr_dir / "safecfg_demo.safetensors")
-    else:
-        from safecfg_core.demo.world import HGR_PATH
-        shutil.copy(HGR_PATH if Path(HGR_PATH).exists() else comfy_server.hgr_dir / "gated.safetensors",
-                    comfy_server.hgr_dir / "safecfg_demo.safetensors")
+    if g["1"]["inputs"]["variant"] == "untrained" or not Path(HGR_PATH).exists():
+        # the shipped demo HGR belongs to the trained demo model; the untrained one gets the hand-made HGR
+        g["1"]["inputs"]["variant"] = "untrained"
+        g["10"]["inputs"]["hgr_name"] = "gated.safetensors"
     for k in ("5", "6"):
         g[k]["inputs"]["steps"] = 3
     g["4"]["inputs"]["batch_size"] = 1
