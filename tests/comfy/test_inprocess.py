@@ -63,6 +63,17 @@ SCRIPT = textwrap.dedent(r'''
     safe_again = run(patched)
     out["misses_after_second_run"] = r.misses
     out["repeatable"] = bool(torch.equal(safe, safe_again))
+    # an unet wrapper installed before SafeCFG is chained (called with the redirected conditioning)
+    seen = []
+    def previous(apply_model, args):
+        seen.append(args["cond_or_uncond"])
+        return apply_model(args["input"], args["timestep"], **args["c"])
+    m0 = model.clone()
+    m0.set_model_unet_function_wrapper(previous)
+    chained = run(N["SafeCFG"]().patch(m0, bundle, 1.0, -1.0, gate_mode="always")[0])
+    out["chained_calls"] = len(seen)
+    out["chained_same_as_safe"] = bool(torch.equal(chained, safe))
+    out["input_model_untouched"] = "model_function_wrapper" not in model.model_options
     # force ComfyUI to run cond and uncond as separate calls (uncond first)
     model.model.memory_required = lambda *a, **k: float("inf")
     split_patched = N["SafeCFG"]().patch(model, bundle, 1.0, -1.0, gate_mode="always")[0]
@@ -89,6 +100,8 @@ def _run(root: Path, pythonpath: list) -> dict:
 
 
 def _check_common(res: dict) -> None:
+    assert res["chained_calls"] == 4 and res["chained_same_as_safe"], res
+    assert res["input_model_untouched"], res
     assert res["changed"], "SafeCFG did not change the harmful prompt's latent"
     assert res["misses"] == 1, res  # HGR ran once for the whole run (4 steps)
     assert res["repeatable"], "the same run twice gave different results"

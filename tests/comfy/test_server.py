@@ -378,3 +378,17 @@ def test_detector_judges_image_with_vae(comfy_server, hgr_files):
     assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
     report = entry["outputs"]["20"]["text"][0]
     assert "image score-level ratio" in report and "prompt judged: HARMFUL" in report, report
+
+
+def test_input_model_untouched_by_safecfg(comfy_server, hgr_files):
+    """The same MODEL used unpatched next to a SafeCFG node still samples exactly as plain CFG."""
+    harmful = hgr_files["harmful"]
+    plain = run_images(comfy_server, graph(positive=harmful, prefix="untouched0"))
+    g = graph(positive=harmful, hgr="gated.safetensors", safecfg={"gate_mode": "hard"}, prefix="untouched1")
+    g["16"] = {"class_type": "KSampler", "inputs": dict(g["5"]["inputs"], model=["1", 0])}
+    g["17"] = {"class_type": "VAEDecode", "inputs": {"samples": ["16", 0], "vae": ["1", 2]}}
+    g["18"] = {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "untouched2"}}
+    entry = comfy_server.run(g)
+    assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
+    assert np.array_equal(comfy_server.output_images(entry, "18")[0], plain[0])
+    assert not np.array_equal(comfy_server.output_images(entry, "8")[0], plain[0])
