@@ -122,6 +122,12 @@ def test_object_info_lists_nodes_with_tooltips(comfy_server):
             for name, value in spec["input"].get(section, {}).items():
                 assert len(value) > 1 and value[1].get("tooltip"), f"{node}.{name} has no tooltip"
     assert info["SafeCFG"]["output"] == ["MODEL"]
+    # the same answer without the /api prefix (2024 ComfyUI has only this one; the current one has both)
+    import json as _json
+    import urllib.request as _rq
+
+    with _rq.urlopen(comfy_server.base + "/object_info/SafeCFG", timeout=30) as r:
+        assert "SafeCFG" in _json.loads(r.read())
     assert info["SafeCFGHarmfulnessDetector"]["output"] == ["FLOAT", "BOOLEAN", "STRING"]
 
 
