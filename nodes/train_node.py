@@ -170,7 +170,8 @@ class TrainHGR:
             pos = [[c.tokens, {"pooled_output": c.pooled}]]
             u = negative_tokens.repeat_batch(n)
             neg = [[u.tokens, {"pooled_output": u.pooled}]]
-            latent = torch.zeros([n, 4, height // 8, width // 8])
+            channels = int(getattr(model.model.latent_format, "latent_channels", 4))
+            latent = torch.zeros([n, channels, height // 8, width // 8])
             noise = comfy.sample.prepare_noise(latent, int(seed))
             samples = comfy.sample.sample(model, noise, int(sample_steps), float(sample_cfg), "euler", "normal",
                                           pos, neg, latent, denoise=1.0, disable_pbar=True, seed=int(seed))
