@@ -8,7 +8,7 @@ template and no harm phrase. Nothing is ever parsed back from text: every prompt
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence
 
 from .render import Scene, random_scenes
@@ -95,14 +95,22 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def make_prompt(scene: Scene, rng: random.Random, split: str = "train") -> PromptSample:
-    """One prompt for ``scene`` in a random phrasing family of ``split``."""
+def make_prompt(scene: Scene, rng: random.Random, split: str = "train", canonical: bool = True) -> PromptSample:
+    """One prompt for ``scene`` in a random phrasing family of ``split``.
+
+    ``canonical``: a phrasing that does not name the size draws the object large, one that does not name the
+    position draws it in the center (the returned sample's scene says so). This keeps what a prompt asks for
+    unambiguous, which a small model learns much faster.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     fam = rng.randrange(len(_TEMPLATES[split]))
     tpl = _TEMPLATES[split][fam]
     with_size = "{where}" in tpl or rng.random() < 0.6
     where = rng.choice(_WHERE[scene.position]) if "{where}" in tpl else ""
+    if canonical:
+        scene = replace(scene, size=scene.size if with_size else "large",
+                        position=scene.position if "{where}" in tpl else "center")
     harm_choice = {h: rng.choice(_HARM_PHRASES[split][h]) for h in scene.harms}
     # only one prefix per prompt
     if sum(1 for k, _ in harm_choice.values() if k == "prefix") > 1:
@@ -143,12 +151,13 @@ def sample_prompts(
     harm_fraction: float = 1.0 / 3.0,
     both_fraction: float = 0.0,
     scenes: Optional[Sequence[Scene]] = None,
+    canonical: bool = True,
 ) -> List[PromptSample]:
     """``n`` prompts for random scenes (or for the given ``scenes``), reproducible from ``seed``."""
     if scenes is None:
         scenes = random_scenes(n, seed=seed, harm_fraction=harm_fraction, both_fraction=both_fraction)
     rng = random.Random(seed * 1000003 + (0 if split == "train" else 1))
-    return [make_prompt(s, rng, split) for s in scenes]
+    return [make_prompt(s, rng, split, canonical) for s in scenes]
 
 
 def concept_prompt(harm: str) -> str:

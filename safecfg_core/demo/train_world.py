@@ -70,31 +70,52 @@ def stage_vae(args) -> None:
     pool8 = (pool * 255).round().to(torch.uint8)
     del pool
     log(f"vae: rendered pool {tuple(pool8.shape)} in {time.time() - t0:.0f}s")
-    vae = DemoVAE().to(args.device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    prev_steps = 0
+    if args.vae_resume:
+        vae = load_vae(args.device).train().requires_grad_(True)
+        prev_steps = int(vae.metadata.get("steps", 0))
+    else:
+        vae = DemoVAE().to(args.device)
+    params = list(vae.parameters())
+    if args.vae_decoder_only:  # keep the latent space (and the denoiser trained on it) fixed
+        enc_names = ("e_in", "e_res1", "e_down", "e_res2", "e_out")
+        params = [p for n, p in vae.named_parameters() if not n.startswith(enc_names)]
+        for n, p in vae.named_parameters():
+            p.requires_grad_(not n.startswith(enc_names))
+    peak = args.vae_lr
+    opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.0)
     steps, bs = args.vae_steps, 64
     g = torch.Generator().manual_seed(args.seed)
     for step in range(steps):
-        lr = 2e-3 * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        lr = peak * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for pg in opt.param_groups:
             pg["lr"] = lr
         idx = torch.randint(0, pool8.shape[0], (bs,), generator=g)
         x = pool8[idx].float().div(255).to(args.device)
-        z = vae.encode_raw(x)
-        zn = z + 0.05 * torch.randn_like(z) * z.detach().std()
+        if args.vae_decoder_only:
+            with torch.no_grad():
+                z = vae.encode_raw(x)
+        else:
+            z = vae.encode_raw(x)
+        zn = z + args.vae_latent_noise * torch.randn_like(z) * z.detach().std()
         y = vae.decode_raw(zn)
-        rec = (y - x).pow(2).mean() + 0.1 * (y - x).abs().mean()
+        rec = (y - x).pow(2).mean() + args.vae_l1 * (y - x).abs().mean()
         loss = rec + 1e-4 * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 200 == 0 or step == steps - 1:
             log(f"vae step {step}/{steps} loss {loss.item():.5f} psnr {psnr(y.clamp(0, 1), x).mean().item():.2f}")
+        if args.vae_decoder_only and step % 200 == 199:  # latents unchanged: safe to save as we go
+            save_weights(vae, os.path.join(CACHE, "vae_decoder_partial.safetensors"),
+                         {"config": vae.config, "seed": args.seed, "steps": prev_steps + step + 1, "partial": True})
     vae.eval()
     with torch.no_grad():
-        zs = torch.cat([vae.encode_raw(pool8[i:i + 512].float().div(255).to(args.device)) for i in range(0, 4096, 512)])
-        vae.shift.copy_(zs.mean((0, 2, 3), keepdim=True))
-        vae.scale.copy_(zs.std((0, 2, 3), keepdim=True))
+        if not args.vae_decoder_only:
+            zs = torch.cat([vae.encode_raw(pool8[i:i + 512].float().div(255).to(args.device))
+                            for i in range(0, 4096, 512)])
+            vae.shift.copy_(zs.mean((0, 2, 3), keepdim=True))
+            vae.scale.copy_(zs.std((0, 2, 3), keepdim=True))
         _, test = render_pool(1000, seed=args.seed + 999)
         test = test.to(args.device)
         rec = vae.decode_nchw(vae.encode_nchw(test))
@@ -105,7 +126,10 @@ def stage_vae(args) -> None:
     log(f"vae done in {time.time() - t0:.0f}s: {metrics}")
     save_grid(torch.cat([test[:8], rec[:8]]).cpu(), os.path.join(CACHE, "vae_recon.png"), ncol=8)
     save_weights(vae, os.path.join(WEIGHTS, "vae.safetensors"),
-                 {"config": vae.config, "seed": args.seed, "steps": steps, "batch": bs, "metrics": metrics,
+                 {"config": vae.config, "seed": args.seed, "steps": prev_steps + steps, "batch": bs, "metrics": metrics,
+                  "phases": vae.metadata.get("phases", []) + [{"steps": steps, "lr": peak, "decoder_only":
+                                                               args.vae_decoder_only, "pool": args.vae_pool}]
+                  if args.vae_resume else [{"steps": steps, "lr": peak, "decoder_only": False, "pool": args.vae_pool}],
                   "format": "safecfg-demo-vae-1"})
 
 
@@ -117,7 +141,7 @@ def load_vae(device) -> DemoVAE:
 
 # ------------------------------------------------------------------------------------------------------ data
 def stage_data(args) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     from .text_encoder import DemoTextEncoder
 
@@ -132,12 +156,20 @@ def stage_data(args) -> None:
     for j, (harm, ctext) in enumerate(CONCEPTS.items()):
         texts.append(ctext)
         for s in random_scenes(args.n_concept, seed=args.seed + 30 + j, harm_fraction=0.0):
-            scenes.append(s.__class__(s.shape, s.color, s.background, s.size, s.position,
+            scenes.append(s.__class__(s.shape, s.color, s.background, "large", "center",
                                       gore=harm == "gore", weapon=harm == "weapon"))
             text_idx.append(len(texts) - 1)
-    enc = DemoTextEncoder(device=args.device)
-    states = enc(texts).tokens.half().cpu()
+    text_cache = os.path.join(CACHE, f"text_states_{args.seed}_{args.n_prompts}_{args.n_concept}.safetensors")
+    if os.path.isfile(text_cache):
+        states = load_file(text_cache)["states"]
+        assert states.shape[0] == len(texts)
+    else:
+        enc = DemoTextEncoder(device=args.device)
+        states = torch.cat([enc(texts[i:i + 500]).tokens.half().cpu() for i in range(0, len(texts), 500)])
+        save_file({"states": states}, text_cache)
     log(f"data: encoded {len(texts)} texts in {time.time() - t0:.0f}s")
+    if args.text_only:
+        return
     vae = load_vae(args.device).eval()
     R = args.renders
     lat, tix = [], []
@@ -151,7 +183,7 @@ def stage_data(args) -> None:
     lat = torch.cat(lat)
     os.makedirs(CACHE, exist_ok=True)
     save_file({"states": states, "latents": lat.contiguous(), "text_idx": torch.tensor(tix)},
-              os.path.join(CACHE, "denoiser_data.safetensors"))
+              os.path.join(CACHE, f"denoiser_data{args.data_tag}.safetensors"))
     with open(os.path.join(CACHE, "denoiser_texts.json"), "w") as f:
         json.dump(texts, f)
     log(f"data done in {time.time() - t0:.0f}s: {len(texts)} texts, latents {tuple(lat.shape)}, "
@@ -169,12 +201,22 @@ def stage_denoiser(args) -> None:
 
     torch.manual_seed(args.seed)
     t0 = time.time()
-    data = load_file(os.path.join(CACHE, "denoiser_data.safetensors"))
+    data = load_file(os.path.join(CACHE, f"denoiser_data{args.data_tag}.safetensors"))
     states, lat, tix = data["states"], data["latents"], data["text_idx"]
     ac = alphas_cumprod()
     cfg = dict(DIT_CONFIG)
     cfg.update(width=args.width, depth=args.depth)
     net = DemoDiT(**cfg).to(args.device)
+    prev_steps = 0
+    if args.init:
+        from .world import load_module
+
+        init = load_module(DemoDiT, args.init)
+        cfg = dict(init.metadata["config"])
+        net = DemoDiT(**cfg).to(args.device)
+        net.load_state_dict(init.state_dict())
+        prev_steps = int(init.metadata.get("steps", 0))
+        log(f"denoiser: initialised from {args.init} ({prev_steps} steps)")
     ema = DemoDiT(**cfg).to(args.device)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
@@ -187,7 +229,7 @@ def stage_denoiser(args) -> None:
     losses = []
     step = 0
     for step in range(steps):
-        lr = args.lr * min(1.0, (step + 1) / 200) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for pg in opt.param_groups:
             pg["lr"] = lr
         idx = torch.randint(0, lat.shape[0], (bs,), generator=g)
@@ -206,7 +248,7 @@ def stage_denoiser(args) -> None:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        d = min(args.ema, (1 + step) / (10 + step))
+        d = min(args.ema, (1 + step) / (10 + step)) if not args.init else args.ema
         with torch.no_grad():
             for pe, pn in zip(ema.parameters(), net.parameters()):
                 pe.lerp_(pn, 1 - d)
@@ -214,19 +256,21 @@ def stage_denoiser(args) -> None:
         if step % 100 == 0 or step == steps - 1:
             log(f"denoiser step {step}/{steps} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} lr {lr:.2e} "
                 f"{time.time() - t0:.0f}s")
-        if step % 500 == 499:
-            _save_denoiser(ema, cfg, args, step + 1, losses)
+        if step % args.save_every == args.save_every - 1:
+            _save_denoiser(ema, cfg, args, prev_steps + step + 1, losses)
+            save_weights(net, os.path.join(CACHE, "denoiser_raw.safetensors"), {"config": cfg, "steps": prev_steps + step + 1})
         if time.time() > deadline:
             log(f"denoiser: time budget reached at step {step + 1}")
             break
-    _save_denoiser(ema, cfg, args, step + 1, losses)
+    _save_denoiser(ema, cfg, args, prev_steps + step + 1, losses)
+    save_weights(net, os.path.join(CACHE, "denoiser_raw.safetensors"), {"config": cfg, "steps": prev_steps + step + 1})
     log(f"denoiser done in {time.time() - t0:.0f}s")
 
 
 def _save_denoiser(ema, cfg, args, steps, losses) -> None:
     save_weights(ema, os.path.join(WEIGHTS, "denoiser.safetensors"),
                  {"config": cfg, "seed": args.seed, "steps": steps, "batch": args.batch, "lr": args.lr,
-                  "p_uncond": args.p_uncond, "ema": args.ema, "prediction": "eps",
+                  "p_uncond": args.p_uncond, "ema": args.ema, "prediction": "eps", "init": args.init or None,
                   "schedule": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012,
                                "num_timesteps": 1000},
                   "final_loss": round(sum(losses[-200:]) / max(1, len(losses[-200:])), 5),
@@ -237,8 +281,14 @@ def _save_denoiser(ema, cfg, args, steps, losses) -> None:
 def stage_evaluator(args) -> None:
     torch.manual_seed(args.seed)
     t0 = time.time()
-    scenes, pool = render_pool(args.eval_pool, seed=args.seed + 41, harm_fraction=0.5, both_fraction=0.1)
-    vae = load_vae(args.device).eval()
+    scenes, pool = render_pool(args.eval_pool, seed=args.seed + args.eval_seed_offset, harm_fraction=0.5,
+                                 both_fraction=0.1)
+    if args.eval_vae:
+        from .world import load_module
+
+        vae = load_module(DemoVAE, args.eval_vae, args.device)
+    else:
+        vae = load_vae(args.device).eval()
     with torch.no_grad():
         rt = torch.cat([vae.decode_nchw(vae.encode_nchw(pool[i:i + 500].to(args.device))).cpu()
                         for i in range(0, pool.shape[0], 500)])
@@ -246,17 +296,31 @@ def stage_evaluator(args) -> None:
     labels = {k: torch.cat([v, v]) for k, v in labels_of(scenes).items()}
     del pool, rt
     log(f"evaluator: pool {tuple(images.shape)} in {time.time() - t0:.0f}s")
-    ev = DemoEvaluator().to(args.device)
-    opt = torch.optim.AdamW(ev.parameters(), lr=2e-3, weight_decay=1e-4)
+    ev = DemoEvaluator(width=args.eval_width).to(args.device)
+    prev_steps, peak = 0, 2e-3
+    if args.eval_init:
+        from .world import load_module
+
+        init = load_module(DemoEvaluator, args.eval_init)
+        ev = DemoEvaluator(**init.metadata["config"]).to(args.device)
+        ev.load_state_dict(init.state_dict())
+        prev_steps, peak = int(init.metadata.get("steps", 0)), 1e-3
+    ev.train()
+    opt = torch.optim.AdamW(ev.parameters(), lr=peak, weight_decay=1e-4)
     steps, bs = args.eval_steps, 128
     g = torch.Generator().manual_seed(args.seed + 42)
     for step in range(steps):
-        lr = 2e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        lr = peak * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for pg in opt.param_groups:
             pg["lr"] = lr
         idx = torch.randint(0, images.shape[0], (bs,), generator=g)
         x = images[idx].to(args.device)
-        # mild photometric noise so decoded diffusion samples look in-distribution
+        # mild noise and random blur so decoded diffusion samples (any decoder sharpness) look in-distribution
+        k = torch.tensor([0.25, 0.5, 0.25])
+        kb = (k[:, None] * k[None, :]).to(x)
+        blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kb.expand(3, 1, 3, 3), groups=3)
+        mix = (torch.rand(x.shape[0], 1, 1, 1, generator=g) * (torch.rand(x.shape[0], 1, 1, 1, generator=g) < 0.5)).to(x)
+        x = x * (1 - mix) + blurred * mix
         x = (x + 0.02 * torch.randn(x.shape, generator=g).to(args.device)).clamp(0, 1)
         out = ev(x)
         loss = sum(F.cross_entropy(out[k], labels[k][idx].to(args.device)) for k in ("shape", "color", "background"))
@@ -271,7 +335,8 @@ def stage_evaluator(args) -> None:
     metrics = evaluator_accuracy(ev, vae, args.seed + 4242, args.device)
     log(f"evaluator done in {time.time() - t0:.0f}s: {metrics}")
     save_weights(ev, os.path.join(WEIGHTS, "evaluator.safetensors"),
-                 {"config": ev.config, "seed": args.seed, "steps": steps, "batch": bs, "metrics": metrics,
+                 {"config": ev.config, "seed": args.seed, "steps": prev_steps + steps, "batch": bs, "metrics": metrics,
+                  "init": args.eval_init or None,
                   "format": "safecfg-demo-evaluator-1"})
 
 
@@ -361,19 +426,33 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--vae-pool", type=int, default=12000)
     ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--vae-l1", type=float, default=0.1)
+    ap.add_argument("--vae-latent-noise", type=float, default=0.05)
+    ap.add_argument("--vae-resume", action="store_true", help="continue from weights/vae.safetensors")
+    ap.add_argument("--vae-decoder-only", action="store_true", help="train the decoder only (latents unchanged)")
     ap.add_argument("--n-prompts", type=int, default=6000)
     ap.add_argument("--n-concept", type=int, default=300)
     ap.add_argument("--renders", type=int, default=4)
+    ap.add_argument("--text-only", action="store_true", help="data stage: only encode (and cache) the prompts")
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--p-uncond", type=float, default=0.12)
+    ap.add_argument("--init", default="", help="denoiser: continue from this weight file")
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--data-tag", default="", help="suffix of the cached data file")
     ap.add_argument("--width", type=int, default=DIT_CONFIG["width"])
     ap.add_argument("--depth", type=int, default=DIT_CONFIG["depth"])
     ap.add_argument("--max-minutes", type=float, default=30.0)
     ap.add_argument("--eval-pool", type=int, default=10000)
     ap.add_argument("--eval-steps", type=int, default=1500)
+    ap.add_argument("--eval-width", type=int, default=24)
+    ap.add_argument("--eval-init", default="", help="evaluator: continue from this weight file")
+    ap.add_argument("--eval-seed-offset", type=int, default=41)
+    ap.add_argument("--eval-vae", default="", help="VAE file for the round-trip half of the pool (default: weights/)")
     ap.add_argument("--check-n", type=int, default=128)
     ap.add_argument("--check-steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=6.0)
