@@ -224,7 +224,12 @@ class ComfyServer:
                     break
         finally:
             ws.close()
-        for _ in range(100):
+        return self.wait_history(prompt_id)
+
+    def wait_history(self, prompt_id: str, timeout: float = 60.0) -> Dict[str, Any]:
+        """The prompt's /history entry once ComfyUI has written it (it lags the websocket a little)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             hist = self.get(f"/history/{prompt_id}")
             if prompt_id in hist and (hist[prompt_id].get("status", {}).get("completed") is not None
                                       or hist[prompt_id].get("outputs")):

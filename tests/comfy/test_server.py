@@ -355,7 +355,7 @@ def test_train_cancel_keeps_checkpoint_and_server_serves(comfy_server):
     finally:
         ws.close()
     assert interrupted, "training never reported progress"
-    entry = comfy_server.get(f"/history/{pid}")[pid]
+    entry = comfy_server.wait_history(pid)
     assert not comfy_server.succeeded(entry)
     kinds = [m[0] for m in entry["status"]["messages"]]
     assert "execution_interrupted" in kinds, kinds
