@@ -517,7 +517,7 @@ class HGRBundle:
         path = Path(path)
         if not path.exists():
             raise HGRFileError(
-                f"HGR file {path} does not exist. Check the path; HGR files go in ComfyUI's models/safecfg folder "
+                f"HGR file {path} does not exist. Check the path; HGR files go in ComfyUI's models/hgr folder "
                 "(or train one with `python -m safecfg_core train`)."
             )
         if path.is_dir():

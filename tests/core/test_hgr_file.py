@@ -91,7 +91,7 @@ def _assert_refused(path: Path, *needles: str) -> str:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    _assert_refused(tmp_path / "nope.safetensors", "does not exist", "models/safecfg")
+    _assert_refused(tmp_path / "nope.safetensors", "does not exist", "models/hgr")
 
 
 def test_folder(tmp_path: Path) -> None:
