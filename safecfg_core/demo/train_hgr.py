@@ -123,7 +123,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def progress(p: TrainProgress) -> None:
         if p.phase != "train" or p.step % 50 == 0 or p.step == p.total:
-            loss = "" if p.loss is None else f" loss {p.loss:.4f} (harm {p.harm_loss:.4f}, clean {p.clean_loss:.4f})"
+            parts = [f"{name} {value:.4f}" for name, value in
+                     (("loss", p.loss), ("harm", p.harm_loss), ("clean", p.clean_loss)) if value is not None]
+            loss = (" " + ", ".join(parts)) if parts else ""
             print(f"[{p.phase}] {p.step}/{p.total}{loss} {p.elapsed_s:.0f}s", flush=True)
 
     result = train_hgr(world.text_encoder.encode, world.denoiser(), prompts, config,
