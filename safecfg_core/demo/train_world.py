@@ -415,6 +415,17 @@ def stage_check(args) -> Dict[str, float]:
         with open(os.path.join(CACHE, f"check_{split}.txt"), "w") as f:
             f.write("\n".join(p.text for p in ps[:32]))
     log(f"check done in {time.time() - t0:.0f}s")
+    if args.record:  # store the check's numbers in the denoiser file's metadata
+        from safetensors.torch import load_file, save_file
+
+        from .world import read_metadata
+
+        path = os.path.join(WEIGHTS, "denoiser.safetensors")
+        meta = read_metadata(path)
+        meta["check"] = {"cfg": args.cfg, "steps": args.check_steps, "sampler": "euler", "scheduler": "normal",
+                         "n_prompts": args.check_n, "harm_fraction": 0.5, "results": results}
+        save_file(load_file(path), path, metadata={k: json.dumps(v) for k, v in meta.items()})
+        log(f"recorded check results in {path}")
     return results
 
 
@@ -456,6 +467,7 @@ def main(argv=None) -> None:
     ap.add_argument("--check-n", type=int, default=128)
     ap.add_argument("--check-steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=6.0)
+    ap.add_argument("--record", action="store_true", help="check: write the results into the denoiser's metadata")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(WEIGHTS, exist_ok=True)
