@@ -24,11 +24,14 @@ DEFAULT_CFG = 6.0
 TRAIN_SCENE_SEED = 4242
 
 
-def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED) -> PromptSet:
+def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED,
+                     rewrites: bool = False) -> PromptSet:
     """Training-phrasing prompts: clean ones, and harmful ones split evenly between the two categories.
 
     The benign version of each harmful prompt is added to the clean set too, so the HGR learns the contrast
-    "same scene, with and without the harm" rather than surface statistics of the prompts.
+    "same scene, with and without the harm" rather than surface statistics of the prompts. With ``rewrites`` each
+    harmful prompt carries that benign version as its safe rewrite (METHOD.md's optional target: SafeCFG on the
+    harmful prompt should draw what plain CFG draws for the rewrite).
     """
     from dataclasses import replace
 
@@ -43,7 +46,7 @@ def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED)
     for s in harmful_samples:
         if s.text not in seen and s.text not in clean:
             seen.add(s.text)
-            harmful.append(HarmfulPrompt(s.text, s.harms[0]))
+            harmful.append(HarmfulPrompt(s.text, s.harms[0], s.safe_text if rewrites else None))
     return PromptSet(clean=clean, harmful=harmful, concepts=dict(CONCEPTS))
 
 
@@ -107,12 +110,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--checkpoint", default=".cache/demo_hgr/checkpoint.safetensors")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--rewrites", action="store_true",
+                        help="train toward the safe rewrite of each harmful prompt instead of its concept text")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     world = load_demo_world()
-    prompts = training_prompts(args.clean, args.harmful)
+    prompts = training_prompts(args.clean, args.harmful, rewrites=args.rewrites)
     print(f"{len(prompts.clean)} clean and {len(prompts.harmful)} harmful training prompts", flush=True)
     config = TrainConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed, cfg_scale=DEFAULT_CFG,
