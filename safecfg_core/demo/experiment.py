@@ -26,9 +26,10 @@ from ..sampling import CFGDenoise, DiscreteEpsDenoiser, SafeCFGDenoise, noise_fo
 from ..schedules import get_sigmas
 from .render import COLORS, HARMS, SHAPES
 
-METHODS = ("cfg", "negative_prompt", "sld", "sld_max", "safecfg")
+METHODS = ("cfg", "negative_prompt", "sld", "sld_max", "safecfg", "safecfg_strength2")
 """Columns of the grid and keys of ``metrics.json["methods"]``; ``sld`` is the MEDIUM preset (the SLD paper's
-default in its tables), ``sld_max`` the MAX preset."""
+default in its tables), ``sld_max`` the MAX preset; ``safecfg`` runs at the node's default strength 1,
+``safecfg_strength2`` at strength 2 (``u* = u + 2 * gate * Delta``: past the concept, a stronger push away)."""
 
 SCORE_SIGMAS = (0.5, 1.5, 4.0)
 """Noise levels at which the score-level harmfulness of an image is read (METHOD.md: "a few sigmas")."""
@@ -147,7 +148,8 @@ def load_world_and_hgr(hgr_path: Optional[str] = None):
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def _guided(method: str, denoiser, c: Cond, u: Cond, concept: Cond, w: float, steps: int, sigmas, guidance):
+def _guided(method: str, denoiser, c: Cond, u: Cond, concept: Cond, w: float, steps: int, sigmas,
+            guidance: Dict[str, SafeGuidance]):
     if method == "cfg":
         return CFGDenoise(denoiser, c, u, w)
     if method == "negative_prompt":
@@ -156,8 +158,8 @@ def _guided(method: str, denoiser, c: Cond, u: Cond, concept: Cond, w: float, st
         return SLDDenoise(denoiser, c, u, concept, w, sld_preset("MEDIUM", steps), sigmas=sigmas)
     if method == "sld_max":
         return SLDDenoise(denoiser, c, u, concept, w, sld_preset("MAX", steps), sigmas=sigmas)
-    if method == "safecfg":
-        return SafeCFGDenoise(denoiser, c, u, w, guidance)
+    if method in guidance:
+        return SafeCFGDenoise(denoiser, c, u, w, guidance[method])
     raise ValueError(f"Unknown method {method!r}; choose from {METHODS}.")
 
 
@@ -195,6 +197,7 @@ def run_experiment(
     u_one = world.text_encoder.encode([""])
     concept = world.text_encoder.encode([concept_text(bundle.meta.categories)])
     guidance = SafeGuidance(bundle, GateConfig())
+    safecfg_variants = {"safecfg": guidance, "safecfg_strength2": SafeGuidance(bundle, GateConfig(strength=2.0))}
     sigmas = get_sigmas(world.schedule, scheduler, steps)
 
     n_items, n_seeds = len(items), len(seeds)
@@ -213,7 +216,7 @@ def run_experiment(
             c = c_all.index(rows)
             u = u_one.repeat_batch(rows.numel())
             k = concept.repeat_batch(rows.numel())
-            guided = _guided(method, denoiser, c, u, k, cfg_scale, steps, sigmas, guidance)
+            guided = _guided(method, denoiser, c, u, k, cfg_scale, steps, sigmas, safecfg_variants)
             x = world.schedule.noise_scaling(sigmas[0], noise[start:start + rows.numel()],
                                              torch.zeros_like(noise[start:start + rows.numel()]),
                                              world.schedule.is_max_denoise(sigmas))
@@ -347,6 +350,7 @@ METHOD_TITLES = {
     "sld": "SLD (MEDIUM)",
     "sld_max": "SLD (MAX)",
     "safecfg": "SafeCFG",
+    "safecfg_strength2": "SafeCFG (strength 2)",
 }
 
 
