@@ -110,6 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--checkpoint", default=".cache/demo_hgr/checkpoint.safetensors")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--clean-penalty", type=float, default=0.2,
+                        help="weight of |Delta|^2 on clean prompts (keeps clean scores near zero; default 0.2)")
     parser.add_argument("--rewrites", action="store_true",
                         help="train toward the safe rewrite of each harmful prompt instead of its concept text")
     args = parser.parse_args(argv)
@@ -121,6 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{len(prompts.clean)} clean and {len(prompts.harmful)} harmful training prompts", flush=True)
     config = TrainConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed, cfg_scale=DEFAULT_CFG,
+        clean_penalty=args.clean_penalty,
         sigma_schedule=[float(s) for s in world.schedule.sigmas], checkpoint_path=args.checkpoint,
         checkpoint_every=100, resume=args.resume, latent_batch_size=256,
     )
