@@ -7,6 +7,7 @@ threshold) is written to ``safecfg_core/demo/weights/hgr.safetensors``.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -102,8 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", type=int, default=600, help="clean training prompts (default 600)")
     parser.add_argument("--harmful", type=int, default=600, help="harmful training prompts (default 600)")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=HGR_PATH)
@@ -146,7 +147,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cal = calibrate_threshold(bundle, world.text_encoder.encode, fresh_clean, fpr=0.01,
                               harmful_prompts=[h.prompt for h in fresh_harm])
     bundle.meta.training["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    bundle.meta.training["command"] = "python -m safecfg_core.demo.train_hgr " + " ".join(argv or [])
+    used = list(argv) if argv is not None else sys.argv[1:]
+    bundle.meta.training["command"] = " ".join(["python -m safecfg_core.demo.train_hgr", *used])
     bundle.save(args.out)
     print(f"calibration: {cal}")
     print(f"saved {args.out} in {time.perf_counter() - t0:.0f} s")
