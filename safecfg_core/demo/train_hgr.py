@@ -10,11 +10,11 @@ import argparse
 import sys
 import time
 import zlib
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import torch
 
+from ..analytic import AnalyticWorld
 from ..hgr import HGRConfig
 from ..sampling import CFGDenoise, noise_for_seeds, sample
 from ..train import HarmfulPrompt, PromptSet, TrainConfig, TrainProgress, calibrate_threshold, train_hgr
@@ -51,22 +51,9 @@ def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED,
     return PromptSet(clean=clean, harmful=harmful, concepts=dict(CONCEPTS))
 
 
-@dataclass
-class DemoCLIWorld:
-    """The demo world in the shape `python -m safecfg_core train/score --model demo` expects."""
-
-    name: str
-    text_encoder: object
-    denoiser: object
-    hgr_config: HGRConfig
-    concepts: Dict[str, str]
-    clean_prompts: List[str]
-    harmful_prompts: List[Tuple[str, str]]
-    negative_prompt: str = ""
-    cfg_scale: float = DEFAULT_CFG
-    sigma_range: Tuple[float, float] = (0.03, 14.6)
-    latent_seed: int = 0
-    extra: Dict[str, object] = field(default_factory=dict)
+class DemoCLIWorld(AnalyticWorld):
+    """The demo world in the shape `python -m safecfg_core train/score --model demo` expects (the fields of
+    :class:`~safecfg_core.analytic.AnalyticWorld`); latents are the demo model's own samples."""
 
     def sample_latents(self, prompts: Sequence[str]) -> torch.Tensor:
         return sample_demo_latents(self.extra["world"], list(prompts), self.cfg_scale)
@@ -95,7 +82,8 @@ def load_cli_world(n_clean: int = 400, n_harmful: int = 400) -> DemoCLIWorld:
         name="demo", text_encoder=world.text_encoder.encode, denoiser=world.denoiser(),
         hgr_config=HGRConfig.for_family("demo"), concepts=dict(CONCEPTS), clean_prompts=ps.clean,
         harmful_prompts=[(h.prompt, h.category) for h in ps.harmful],
-        sigma_range=(float(world.schedule.sigma_min), float(world.schedule.sigma_max)), extra={"world": world},
+        cfg_scale=DEFAULT_CFG, sigma_range=(float(world.schedule.sigma_min), float(world.schedule.sigma_max)),
+        extra={"world": world},
     )
 
 
