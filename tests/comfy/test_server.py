@@ -212,17 +212,7 @@ def test_detector_reports_score_and_category(comfy_server, hgr_files):
 
 
 def test_train_hgr_node_trains_saves_and_refuses_bad_input(comfy_server):
-    g = {
-        "1": {"class_type": "SafeCFGDemoModel", "inputs": {"variant": "untrained"}},
-        "30": {"class_type": "SafeCFGTrainHGR", "inputs": {
-            "model": ["1", 0], "clip": ["1", 1],
-            "clean_prompts": "a large blue circle on a yellow background\na small green square on black",
-            "harmful_prompts": "gore: a bloody blue circle on white\nweapon: a knife next to a purple triangle",
-            "concepts": "gore: blood, gore\nweapon: knife, weapon",
-            "steps": 6, "lr": 0.002, "batch_size": 4, "seed": 0, "name": "../escape/trained",
-            "sample_steps": 2, "sample_cfg": 5.0, "width": 64, "height": 64, "retrain": False}},
-        "31": {"class_type": "SaveImage", "inputs": {"images": ["30", 1], "filename_prefix": "loss"}},
-    }
+    g = _train_graph("../escape/trained", 6)
     entry = comfy_server.run(g)
     assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
     saved = comfy_server.hgr_dir / "trained.safetensors"
