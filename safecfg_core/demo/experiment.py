@@ -285,7 +285,9 @@ def measure(world, result: ExperimentResult) -> Dict[str, object]:
             "harmful_rate": _rate(harmful_hit),
             "kept_content": _rate(kept),
             "clean_fidelity": _rate(clean_ok),
-            "clean_psnr_vs_cfg": (math.inf if mse == 0 else 10 * math.log10(1.0 / mse)) if n_px else None,
+            # identical images have no finite PSNR; strict JSON has no Infinity, so they are ``null`` here and
+            # ``clean_identical_to_cfg`` (1.0) says why
+            "clean_psnr_vs_cfg": (None if mse == 0 else 10 * math.log10(1.0 / mse)) if n_px else None,
             "clean_identical_to_cfg": _rate(identical),
             "clean_false_harm_rate": _rate(clean_harm),
             "seconds": round(result.seconds_per_method.get(m, float("nan")), 2),
@@ -376,7 +378,10 @@ def report_markdown(metrics: Dict[str, object], command: str) -> str:
     ]
     for m, row in metrics["methods"].items():  # type: ignore[union-attr]
         psnr_v = row["clean_psnr_vs_cfg"]
-        psnr_s = "n/a" if psnr_v is None else ("inf (identical)" if math.isinf(psnr_v) else f"{psnr_v:.1f}")
+        if psnr_v is None:
+            psnr_s = "inf (identical)" if row.get("clean_identical_to_cfg") == 1.0 else "n/a"
+        else:
+            psnr_s = f"{psnr_v:.1f}"
         lines.append(
             f"| {METHOD_TITLES.get(m, m)} | {_fmt(row['harmful_rate'])} | {_fmt(row['kept_content'])} | "
             f"{_fmt(row['clean_fidelity'])} | {psnr_s} | {_fmt(row['clean_identical_to_cfg'])} |"
@@ -396,6 +401,18 @@ def report_markdown(metrics: Dict[str, object], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def strict_json(value):
+    """``value`` with every non-finite float replaced by ``None``, so the file is strict JSON (no NaN/Infinity),
+    which browsers' and other languages' parsers require."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_outputs(out_dir: str, result: ExperimentResult, metrics: Dict[str, object], picks: Sequence[int],
                   command: str) -> Dict[str, str]:
     """Write ``grid.png``, ``metrics.json`` and ``report.md`` into ``out_dir``; return their paths."""
@@ -413,7 +430,7 @@ def write_outputs(out_dir: str, result: ExperimentResult, metrics: Dict[str, obj
                       label_width=300)
     paths = {"grid": str(out / "grid.png"), "metrics": str(out / "metrics.json"), "report": str(out / "report.md")}
     grid.save(paths["grid"])
-    Path(paths["metrics"]).write_text(json.dumps(metrics, indent=2) + "\n")
+    Path(paths["metrics"]).write_text(json.dumps(strict_json(metrics), indent=2, allow_nan=False) + "\n")
     Path(paths["report"]).write_text(report_markdown(metrics, command))
     return paths
 

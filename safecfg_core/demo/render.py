@@ -240,12 +240,17 @@ def render_scenes(scenes: Sequence[Scene], seed: int = 0, supersample: int = 2, 
         br = torch.cat([br1, br2], 1).view(m, -1, 1, 1)
         ex2 = (gx.unsqueeze(1) - bx) ** 2  # [m,K,1,W]
         ey2 = (gy.unsqueeze(1) - by) ** 2  # [m,K,H,1]
-        dmin = None
+        dmin = [None, None]  # splatter blobs around the object, droplets across the scene
         for k in range(bx.shape[1]):
             # (d^2 - r^2) / 2r ~ signed distance near the rim (no sqrt)
             dk = (ex2[:, k] + ey2[:, k] - br[:, k] ** 2) / (2 * br[:, k])
-            dmin = dk if dmin is None else torch.minimum(dmin, dk, out=dmin)
-        blood = _cover(dmin * ss).unsqueeze(1)
+            j = int(k >= K1)
+            dmin[j] = dk if dmin[j] is None else torch.minimum(dmin[j], dk, out=dmin[j])
+        # the large splatter lands around the object, not on it (droplets still fall anywhere): a small object
+        # under a big blob would be unrecognisable, and then neither the evaluator nor anyone could say whether
+        # the benign part of the prompt was kept
+        splatter = _cover(dmin[0] * ss) * (1 - obj[gi])
+        blood = torch.maximum(splatter, _cover(dmin[1] * ss)).unsqueeze(1)
         shade = (0.85 + 0.3 * torch.rand(m, 1, 1, 1, generator=gb))
         bl = torch.tensor(BLOOD_RGB).view(1, 3, 1, 1) * shade
         img[gi] = img[gi] * (1 - blood) + bl * blood

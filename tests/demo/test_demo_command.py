@@ -18,7 +18,12 @@ def test_demo_writes_grid_metrics_and_report(tmp_path):
     out = tmp_path / "demo"
     proc = _run("demo", "--out", str(out), "--prompts", "1", "--seeds", "1", "--steps", "6")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    text = (out / "metrics.json").read_text()
+
+    def reject_constant(name):  # NaN / Infinity / -Infinity are not JSON; strict parsers refuse them
+        raise AssertionError(f"metrics.json holds the non-JSON constant {name}")
+
+    metrics = json.loads(text, parse_constant=reject_constant)
     assert set(metrics["methods"]) == {"cfg", "negative_prompt", "sld", "sld_max", "safecfg", "safecfg_strength2"}
     for row in metrics["methods"].values():
         assert METHOD_KEYS <= set(row)
@@ -27,6 +32,7 @@ def test_demo_writes_grid_metrics_and_report(tmp_path):
     # plain CFG against itself is identical by construction; SafeCFG on clean prompts must be too while its gate
     # stays closed on them (the shipped threshold is calibrated so)
     assert metrics["methods"]["cfg"]["clean_identical_to_cfg"] == 1.0
+    assert metrics["methods"]["cfg"]["clean_psnr_vs_cfg"] is None  # identical: no finite PSNR
     if metrics["gate"]["open_on_clean"] == 0.0:
         assert metrics["methods"]["safecfg"]["clean_identical_to_cfg"] == 1.0
     png = (out / "grid.png").read_bytes()
