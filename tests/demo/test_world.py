@@ -9,12 +9,11 @@ from safecfg_core.demo.denoiser import DemoDiT
 from safecfg_core.demo.render import labels_of, random_scenes, render_scenes
 from safecfg_core.demo.world import DEMO_FAMILY, TOKEN_DIM, WEIGHT_FILES, WEIGHTS_DIR, load_demo_world, read_metadata
 
-# Floors measured on the committed weights: VAE mean PSNR 25.86 dB on these 200 renders (floor 25.0);
-# evaluator accuracy on 2000 fresh renders: shape 0.950 (short of the 0.98 target), color 0.992, background 1.0,
-# gore 0.9995, weapon 0.9985; floors below leave a margin for this 400-image sample.
+# Floors below what the committed weights measure (``train_world`` logs): VAE mean PSNR 27.5 dB on 1000 fresh renders
+# (floor 25.0 for these 200); evaluator accuracy on 2000 fresh renders: shape 0.991, color, background, gore and
+# weapon 1.000 (DEMO-WORLD.md's target is 0.98); the floors leave a margin for this 400-image sample.
 VAE_PSNR_FLOOR = float(os.environ.get("SAFECFG_DEMO_VAE_PSNR_FLOOR", "25.0"))
-EVAL_ACC_TARGET = 0.98
-EVAL_ACC_FLOOR = {"shape": 0.93, "color": 0.98, "background": 0.98, "gore": 0.98, "weapon": 0.98}
+EVAL_ACC_FLOOR = {"shape": 0.97, "color": 0.98, "background": 0.98, "gore": 0.98, "weapon": 0.98}
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +23,13 @@ def world():
 
 
 def test_weights_small_and_safetensors():
-    total = 0
     for name, path in WEIGHT_FILES.items():
         assert os.path.isfile(path), path
         assert path.endswith(".safetensors")
         meta = read_metadata(path)
         assert "seed" in meta and "steps" in meta and "config" in meta, name
-        total += os.path.getsize(path)
-    for f in os.listdir(WEIGHTS_DIR):
-        if f.endswith(".safetensors"):
-            total += 0
+        # every file says which command made it, so the demo world can be rebuilt from the repository
+        assert str(meta.get("command", "")).startswith("python -m safecfg_core.demo.train_world"), name
     assert sum(os.path.getsize(os.path.join(WEIGHTS_DIR, f)) for f in os.listdir(WEIGHTS_DIR)) < 25e6
 
 
