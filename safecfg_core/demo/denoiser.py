@@ -75,7 +75,7 @@ class _Block(nn.Module):
         B, T, W = t.shape
         return t.view(B, T, self.heads, W // self.heads).transpose(1, 2)
 
-    def forward(self, x, temb, ctx, grid=None):
+    def forward(self, x, temb, ctx, grid):
         """``x [B, H*W, width]``; ``grid = (H, W)`` lays the tokens out for the local mixing."""
         B, T, W = x.shape
         s1, b1, g1, s3, b3, g3 = self.ada(temb).unsqueeze(1).chunk(6, dim=-1)
@@ -90,7 +90,7 @@ class _Block(nn.Module):
         h = self.n3(x) * (1 + s3) + b3
         if self.local is None:
             return x + g3 * self.mlp(h)
-        gh, gw = grid if grid is not None else (int(math.isqrt(T)), int(math.isqrt(T)))
+        gh, gw = grid
         if gh * gw != T:
             raise ValueError(f"token count {T} is not the grid {gh}x{gw}")
         h = self.mlp[1](self.mlp[0](h))

@@ -359,8 +359,6 @@ METHOD_TITLES = {
 def _fmt(value, pct: bool = True) -> str:
     if value is None:
         return "n/a"
-    if isinstance(value, float) and math.isinf(value):
-        return "identical"
     return f"{100 * value:.1f}%" if pct else f"{value:.2f}"
 
 

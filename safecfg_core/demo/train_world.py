@@ -151,7 +151,8 @@ def stage_vae(args) -> None:
     log(f"vae done in {time.time() - t0:.0f}s: {metrics}")
     save_grid(torch.cat([test[:8], rec[:8]]).cpu(), os.path.join(CACHE, "vae_recon.png"), ncol=8)
     save_weights(vae, os.path.join(WEIGHTS, "vae.safetensors"),
-                 {"config": vae.config, "seed": args.seed, "command": COMMAND, "steps": prev_steps + steps, "batch": bs, "metrics": metrics,
+                 {"config": vae.config, "seed": args.seed, "command": COMMAND, "steps": prev_steps + steps, "batch": bs,
+                  "metrics": metrics,
                   "phases": vae.metadata.get("phases", []) + [{"steps": steps, "lr": peak, "decoder_only":
                                                                args.vae_decoder_only, "pool": args.vae_pool}]
                   if args.vae_resume else [{"steps": steps, "lr": peak, "decoder_only": False, "pool": args.vae_pool}],
