@@ -39,6 +39,30 @@ def model_widths(model_patcher: Any) -> Tuple[Optional[int], int, Optional[str]]
     return (int(token_dim) if token_dim else None), pooled, family
 
 
+def model_identity(model_patcher: Any, samples_per_tensor: int = 64) -> str:
+    """A short digest that tells two MODELs apart: tensor names and shapes, a strided sample of the values of every
+    weight, and the LoRA-style patches (keys and strengths) the ModelPatcher will apply.
+
+    Why: the HGR trainer caches the model's own samples and skips work already done for the same inputs; keyed only
+    by prompts and settings, a second SD1.5 fine-tune would silently get the first one's latents or HGR. Sampling
+    a few values per tensor keeps this to milliseconds even for SDXL.
+    """
+    import hashlib
+
+    h = hashlib.sha256(type(getattr(model_patcher.model, "model_config", None)).__name__.encode())
+    with torch.no_grad():
+        for name, tensor in sorted(model_patcher.model.state_dict().items()):
+            h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            flat = tensor.reshape(-1)
+            if flat.numel():
+                step = max(1, flat.numel() // samples_per_tensor)
+                h.update(flat[::step][:samples_per_tensor].detach().float().cpu().numpy().tobytes())
+    for key, patch_list in sorted(getattr(model_patcher, "patches", {}).items()):
+        strengths = [p[0] for p in patch_list if p and isinstance(p[0], (int, float))]
+        h.update(f"{key}{strengths}".encode())
+    return h.hexdigest()[:16]
+
+
 def conditioning_to_conds(conditioning: Any) -> List[Cond]:
     """Each entry of a ComfyUI CONDITIONING as a Cond (tokens + pooled_output when present)."""
     out: List[Cond] = []

@@ -12,7 +12,7 @@ import torch
 from ..safecfg_core.errors import SafeCFGError, TrainingCancelled, TrainingInputError
 from ..safecfg_core.hgr import HGRBundle, HGRConfig, KNOWN_FAMILIES
 from ..safecfg_core.train import PromptSet, TrainConfig, TrainProgress, train_hgr, training_fingerprint
-from .comfy_adapters import ComfyDenoiser, ComfyTextEncoder, model_widths
+from .comfy_adapters import ComfyDenoiser, ComfyTextEncoder, model_identity, model_widths
 from .common import CATEGORY, HGR_TYPE, format_exception, hgr_save_path, log, node_error
 
 NODE = "Train HGR"
@@ -141,7 +141,7 @@ class TrainHGR:
         config = TrainConfig(steps=int(steps), lr=float(lr), batch_size=int(batch_size), seed=int(seed),
                              sigma_schedule=sigmas, cfg_scale=float(sample_cfg), checkpoint_path=str(ckpt),
                              checkpoint_every=max(1, min(50, int(steps) // 4 or 1)), resume=True,
-                             device=str(model.load_device),
+                             device=str(model.load_device), model_id=model_identity(model),
                              latent_cache_path=str(ckpt_dir / (out_path.stem + f".latents-{width}x{height}-{sample_steps}-{seed}.safetensors")))
         try:
             config.validate()

@@ -219,6 +219,7 @@ class AnalyticWorld:
     sigma_range: Tuple[float, float] = (0.05, 20.0)
     latent_seed: int = 0
     extra: Dict[str, object] = field(default_factory=dict)
+    model_id: str = ""  # which weights (TrainConfig.model_id): keeps one model's cached latents from another's HGR
 
     def sample_latents(self, prompts: Sequence[str]) -> torch.Tensor:
         """The model's own plain-CFG samples, one per prompt, seeded by the prompt text (order-independent)."""

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             negative_prompt=getattr(world, "negative_prompt", ""), cfg_scale=getattr(world, "cfg_scale", 7.0),
             checkpoint_path=str(ckpt), checkpoint_every=args.checkpoint_every, resume=args.resume,
             device=args.device, autocast_dtype=args.autocast, calibrate_fpr=args.fpr, latent_batch_size=args.latent_batch,
+            model_id=getattr(world, "model_id", ""),
             sigma_min=getattr(world, "sigma_range", (0.05, 20.0))[0], sigma_max=getattr(world, "sigma_range", (0.05, 20.0))[1],
         )
     except SafeCFGError as exc:

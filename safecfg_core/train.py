@@ -208,6 +208,12 @@ class TrainConfig:
     sigma_max: float = 20.0
     sigma_schedule: Optional[List[float]] = None  # if set, sigmas are drawn uniformly from these (the model's schedule)
     cfg_scale: float = 7.0          # guidance scale for safe-rewrite targets
+    # share of harmful rows (those with a safe rewrite) noised from the rewrite's own samples: where SafeCFG's
+    # trajectory is meant to go, so the redirection is trained there too, not only on pictures that show the harm
+    rewrite_latent_fraction: float = 0.0
+    # identity of the frozen model (any string; the ComfyUI node passes a digest of its weights). It is part of the
+    # run's fingerprint, and the latent cache only serves latents that this same model drew.
+    model_id: str = ""
     negative_prompt: str = ""
     calibrate_fpr: float = 0.01
     calibrate_margin: float = 1.1
@@ -237,6 +243,9 @@ class TrainConfig:
             raise TrainingInputError("sigma_schedule must be a non-empty list of positive sigmas.")
         if self.checkpoint_every < 1:
             raise TrainingInputError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}.")
+        if not (0.0 <= self.rewrite_latent_fraction <= 1.0):
+            raise TrainingInputError(
+                f"rewrite_latent_fraction must be in [0, 1], got {self.rewrite_latent_fraction}.")
         if self.autocast_dtype not in (None, "bf16", "fp16"):
             raise TrainingInputError(f"autocast_dtype must be None, 'bf16' or 'fp16', got {self.autocast_dtype!r}.")
         if not (0 < self.calibrate_fpr < 1):
@@ -290,12 +299,19 @@ def _prompt_key(prompt: str) -> str:
     return "latent." + hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:32]
 
 
-def _load_latent_cache(path: Optional[Path]) -> Dict[str, torch.Tensor]:
+def _load_latent_cache(path: Optional[Path], model_id: str = "") -> Dict[str, torch.Tensor]:
+    """The cached latents at ``path``, or nothing when there are none or another model drew them (a cache with
+    another ``model_id`` is set aside and overwritten: its latents would teach this model's HGR the wrong pictures)."""
     if path is None or not path.exists():
         return {}
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     try:
+        with safe_open(str(path), framework="pt") as f:
+            cached_id = (f.metadata() or {}).get("safecfg.model_id", "")
+        if cached_id != model_id:
+            return {}
         return dict(load_file(str(path)))
     except Exception as exc:
         raise TrainingInputError(f"Latent cache {path} is unreadable ({exc}); delete it and it will be rebuilt.") from None
@@ -303,10 +319,10 @@ def _load_latent_cache(path: Optional[Path]) -> Dict[str, torch.Tensor]:
 
 def _gather_latents(prompts: List[str], sample_latents: Optional[Callable[[List[str]], torch.Tensor]],
                     latents: Optional[Mapping[str, torch.Tensor]], cache_path: Optional[Path], batch: int,
-                    report: Callable[[int, int], None]) -> Dict[str, torch.Tensor]:
-    """Latent ``[n_i, C, H, W]`` per prompt: given, cached on disk, or sampled (and cached) once."""
+                    report: Callable[[int, int], None], model_id: str = "") -> Dict[str, torch.Tensor]:
+    """Latent ``[n_i, C, H, W]`` per prompt: given, cached on disk (by the same model), or sampled (and cached) once."""
     out: Dict[str, torch.Tensor] = {}
-    cache = _load_latent_cache(cache_path)
+    cache = _load_latent_cache(cache_path, model_id)
     missing: List[str] = []
     for p in prompts:
         if latents is not None and p in latents:
@@ -332,7 +348,8 @@ def _gather_latents(prompts: List[str], sample_latents: Optional[Callable[[List[
             out[p] = row.detach().float().cpu().unsqueeze(0)
             cache[_prompt_key(p)] = out[p]
         if cache_path is not None:
-            atomic_save_safetensors(cache, {"safecfg.format": "safecfg-latent-cache"}, cache_path)
+            atomic_save_safetensors(cache, {"safecfg.format": "safecfg-latent-cache", "safecfg.model_id": model_id},
+                                    cache_path)
         done += len(chunk)
         report(done, len(prompts))
     return out
@@ -554,11 +571,23 @@ def train_hgr(
     # -- latents (the model's own samples), cached ------------------------------------------------------------
     cache_path = Path(config.latent_cache_path) if config.latent_cache_path else (
         Path(str(config.checkpoint_path) + ".latents.safetensors") if config.checkpoint_path else None)
+    use_rewrite_latents = config.rewrite_latent_fraction > 0 and bool(rewrites)
+    # rows 0..len(all_prompts)-1 stay aligned with c_all; rewrites that are not prompts already are appended
+    known = set(all_prompts)
+    latent_prompts = all_prompts + list(dict.fromkeys(r for r in (rewrites if use_rewrite_latents else [])
+                                                      if r not in known))
     lat = _gather_latents(
-        all_prompts, sample_latents, latents, cache_path, config.latent_batch_size,
+        latent_prompts, sample_latents, latents, cache_path, config.latent_batch_size,
         lambda done, total: report(TrainProgress(done, total, elapsed_s=time.monotonic() - t_start, phase="latents")),
+        model_id=config.model_id,
     )
-    lat_list = [lat[p].to(device=device, dtype=torch.float32) for p in all_prompts]
+    lat_list = [lat[p].to(device=device, dtype=torch.float32) for p in latent_prompts]
+    latent_row: Dict[str, int] = {}
+    for i, p in enumerate(latent_prompts):
+        latent_row.setdefault(p, i)
+    # harmful prompt j's rewrite, as a row of lat_counts / lat_offsets (-1: none)
+    rewrite_lat_row = torch.tensor([latent_row[h.rewrite] if (use_rewrite_latents and h.rewrite) else -1
+                                    for h in prompts.harmful], dtype=torch.long)
     lat_counts = torch.tensor([t.shape[0] for t in lat_list])
     lat_flat = torch.cat(lat_list)
     lat_offsets = torch.cat([torch.zeros(1, dtype=torch.long), lat_counts.cumsum(0)[:-1]])
@@ -641,8 +670,12 @@ def train_hgr(
             ci = torch.randint(0, n_clean, (n_c_rows,), generator=gen)
             hi = torch.randint(0, n_harm, (n_h_rows,), generator=gen)
             rows = torch.cat([ci, n_clean + hi])
-            pick = (torch.rand(len(rows), generator=gen) * lat_counts[rows]).long()
-            x0 = lat_flat[(lat_offsets[rows] + pick).to(device)]
+            lat_rows = rows.clone()
+            if use_rewrite_latents:  # (draws nothing extra otherwise: old runs and checkpoints stay reproducible)
+                swap = (torch.rand(len(hi), generator=gen) < config.rewrite_latent_fraction) & (rewrite_lat_row[hi] >= 0)
+                lat_rows[n_c_rows:][swap] = rewrite_lat_row[hi][swap]
+            pick = (torch.rand(len(rows), generator=gen) * lat_counts[lat_rows]).long()
+            x0 = lat_flat[(lat_offsets[lat_rows] + pick).to(device)]
             if config.sigma_schedule is not None:
                 sched = torch.tensor(config.sigma_schedule, dtype=torch.float32)
                 sigma = sched[torch.randint(0, len(sched), (len(rows),), generator=gen)]

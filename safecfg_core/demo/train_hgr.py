@@ -83,8 +83,19 @@ def load_cli_world(n_clean: int = 400, n_harmful: int = 400) -> DemoCLIWorld:
         hgr_config=HGRConfig.for_family("demo"), concepts=dict(CONCEPTS), clean_prompts=ps.clean,
         harmful_prompts=[(h.prompt, h.category) for h in ps.harmful],
         cfg_scale=DEFAULT_CFG, sigma_range=(float(world.schedule.sigma_min), float(world.schedule.sigma_max)),
-        extra={"world": world},
+        extra={"world": world}, model_id=denoiser_digest(),
     )
+
+
+def denoiser_digest() -> str:
+    """The demo denoiser file's content digest: the trainer's ``model_id``, so latents cached for one demo model are
+    never reused for a retrained one."""
+    import hashlib
+
+    from .world import WEIGHT_FILES
+
+    with open(WEIGHT_FILES["denoiser"], "rb") as f:
+        return "demo-denoiser-" + hashlib.sha256(f.read()).hexdigest()[:16]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -104,6 +115,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--rewrites", action="store_true",
                         help="train toward the safe rewrite of each harmful prompt instead of its concept text (the shipped HGR "
                              "was trained so: on the demo model it removes far more harm than the concept target)")
+    parser.add_argument("--rewrite-latents", type=float, default=0.0,
+                        help="with --rewrites: share of harmful rows noised from the rewrite's own samples (where SafeCFG "
+                             "should lead), 0..1 (default 0)")
+    parser.add_argument("--width", type=int, default=None, help="HGR width (default: the demo preset's)")
+    parser.add_argument("--depth", type=int, default=None, help="HGR depth (default: the demo preset's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -113,9 +129,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{len(prompts.clean)} clean and {len(prompts.harmful)} harmful training prompts", flush=True)
     config = TrainConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed, cfg_scale=DEFAULT_CFG,
-        clean_penalty=args.clean_penalty,
+        clean_penalty=args.clean_penalty, rewrite_latent_fraction=args.rewrite_latents,
         sigma_schedule=[float(s) for s in world.schedule.sigmas], checkpoint_path=args.checkpoint,
         checkpoint_every=100, resume=args.resume, latent_batch_size=256,
+        model_id=denoiser_digest(),
     )
     t0 = time.perf_counter()
 
@@ -126,8 +143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             loss = (" " + ", ".join(parts)) if parts else ""
             print(f"[{p.phase}] {p.step}/{p.total}{loss} {p.elapsed_s:.0f}s", flush=True)
 
+    overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
     result = train_hgr(world.text_encoder.encode, world.denoiser(), prompts, config,
-                       HGRConfig.for_family("demo"),
+                       HGRConfig.for_family("demo", **overrides),
                        sample_latents=lambda ps: sample_demo_latents(world, ps, DEFAULT_CFG), progress=progress)
     bundle = result.bundle
     # calibration on fresh clean prompts of the training phrasing (not the ones trained on)

@@ -12,6 +12,7 @@ Runs on CPU (``--threads``, default 2); a GPU is used when present and ``--devic
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -185,7 +186,9 @@ def stage_data(args) -> None:
             scenes.append(s.__class__(s.shape, s.color, s.background, "large", "center",
                                       gore=harm == "gore", weapon=harm == "weapon"))
             text_idx.append(len(texts) - 1)
-    text_cache = os.path.join(CACHE, f"text_states_{args.seed}_{args.n_prompts}_{args.n_concept}.safetensors")
+    # keyed by the texts themselves, so a change of the prompt generator never reuses stale states
+    digest = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()[:12]
+    text_cache = os.path.join(CACHE, f"text_states_{len(texts)}_{digest}.safetensors")
     if os.path.isfile(text_cache):
         states = load_file(text_cache)["states"]
         assert states.shape[0] == len(texts)
@@ -472,9 +475,26 @@ def stage_check(args) -> Dict[str, float]:
     return results
 
 
+STAGES = ("vae", "data", "denoiser", "evaluator", "check")
+
+
+def _stage_list(value: str) -> List[str]:
+    """``all`` or a comma-separated list of stages. Why a list: after a change to the prompts only, ``data,denoiser,
+    check`` rebuilds what depends on them, and that exact command is what the weight files record."""
+    if value == "all":
+        return list(STAGES)
+    stages = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in stages if v not in STAGES]
+    if bad or not stages:
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {bad or value!r}; use all or a comma-separated list of "
+                                         f"{', '.join(STAGES)}")
+    return stages
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", default="all", choices=["vae", "data", "denoiser", "evaluator", "check", "all"])
+    ap.add_argument("--stage", default="all", type=_stage_list,
+                    help=f"one of {', '.join(STAGES)}, a comma-separated list of them (run in that order), or all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -486,7 +506,7 @@ def main(argv=None) -> None:
     ap.add_argument("--vae-latent-noise", type=float, default=0.05)
     ap.add_argument("--vae-resume", action="store_true", help="continue from weights/vae.safetensors")
     ap.add_argument("--vae-decoder-only", action="store_true", help="train the decoder only (latents unchanged)")
-    ap.add_argument("--n-prompts", type=int, default=6000)
+    ap.add_argument("--n-prompts", type=int, default=8000)
     ap.add_argument("--n-concept", type=int, default=300)
     ap.add_argument("--renders", type=int, default=4)
     ap.add_argument("--text-only", action="store_true", help="data stage: only encode (and cache) the prompts")
@@ -524,8 +544,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     os.makedirs(WEIGHTS, exist_ok=True)
     os.makedirs(CACHE, exist_ok=True)
-    stages = ["vae", "data", "denoiser", "evaluator", "check"] if args.stage == "all" else [args.stage]
-    for st in stages:
+    for st in args.stage:
         t = time.time()
         globals()[f"stage_{st}"](args)
         log(f"stage {st}: {time.time() - t:.0f}s wall")

@@ -141,6 +141,31 @@ def _tiny_world():
     return world, _prompt_set(world, n_clean=8, n_harm=6)
 
 
+def test_latent_cache_serves_only_the_model_that_drew_it(tmp_path: Path) -> None:
+    """Another ``model_id`` (another model, e.g. a second SD1.5 fine-tune) must draw its own latents, and must not
+    count as "the same run" for resume or the node's already-trained shortcut."""
+    from dataclasses import replace
+
+    from safecfg_core.train import training_fingerprint
+
+    world, ps = _tiny_world()
+    sampled = []
+
+    def sample_latents(prompts):
+        sampled.append(len(prompts))
+        return world.sample_latents(prompts)
+
+    cfg_a = replace(_tiny(tmp_path / "a"), model_id="model-A", latent_cache_path=str(tmp_path / "latents.safetensors"))
+    train_hgr(world.text_encoder, world.denoiser, ps, cfg_a, world.hgr_config, sample_latents=sample_latents)
+    n_prompts = sum(sampled)
+    train_hgr(world.text_encoder, world.denoiser, ps, replace(cfg_a, checkpoint_path=str(tmp_path / "a2.safetensors")),
+              world.hgr_config, sample_latents=lambda p: pytest.fail("same model: latents come from the cache"))
+    cfg_b = replace(cfg_a, model_id="model-B", checkpoint_path=str(tmp_path / "b.safetensors"))
+    train_hgr(world.text_encoder, world.denoiser, ps, cfg_b, world.hgr_config, sample_latents=sample_latents)
+    assert sum(sampled) == 2 * n_prompts  # model B drew all of its own
+    assert training_fingerprint(ps, cfg_a, world.hgr_config) != training_fingerprint(ps, cfg_b, world.hgr_config)
+
+
 def test_resume_equals_uninterrupted_and_cancel_keeps_checkpoint(tmp_path: Path) -> None:
     world, ps = _tiny_world()
     full = train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path / "a"), world.hgr_config,
@@ -233,28 +258,61 @@ def test_denoiser_is_frozen_and_restored(tmp_path: Path) -> None:
     assert den.gain.requires_grad and den.training  # and its state is as it was
 
 
-def test_safe_rewrites_are_learned(tmp_path: Path) -> None:
-    """With a safe rewrite, SafeCFG on the harmful prompt should equal CFG on the rewrite (at the training w)."""
+def _rewrite_run(fraction: float, sampled: list):
+    """Train with a safe rewrite per harmful prompt; ``sampled`` collects every prompt whose latents were drawn."""
     world = load_analytic_world()
     world.hgr_config = HGRConfig(token_dim=32, model_family="analytic", width=48, depth=1, heads=4)
     lexicon = set(world.text_encoder.word_category)
     harm = [HarmfulPrompt(p, c, " ".join(w for w in world.text_encoder.words(p) if w not in lexicon))
             for p, c in world.harmful_prompts[:12]]
     ps = PromptSet(world.clean_prompts[:24], harm, dict(world.concepts))
-    res = train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=150, batch_size=12, cfg_scale=W),
-                    world.hgr_config, sample_latents=world.sample_latents)
+
+    def sample_latents(prompts):
+        sampled.extend(prompts)
+        return world.sample_latents(prompts)
+
+    res = train_hgr(world.text_encoder, world.denoiser, ps,
+                    TrainConfig(steps=150, batch_size=12, cfg_scale=W, rewrite_latent_fraction=fraction),
+                    world.hgr_config, sample_latents=sample_latents)
+    return world, harm, res
+
+
+def _remaining_rewrite_distance(world, harm, bundle, latent_prompts) -> float:
+    """How far SafeCFG on the harmful prompts stays from CFG on their rewrites (1 = untrained, 0 = exact), at
+    sigma 2 around the samples of ``latent_prompts``."""
     enc, den = world.text_encoder, world.denoiser
     prompts = [h.prompt for h in harm]
     c, u, c_safe = enc(prompts), enc([""] * len(prompts)), enc([h.rewrite for h in harm])
-    u_star = SafeGuidance(res.bundle, GateConfig(mode="always")).redirected_negative(c, u).u_star
-    x = world.sample_latents(prompts) + 2.0 * torch.randn(len(prompts), 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    u_star = SafeGuidance(bundle, GateConfig(mode="always")).redirected_negative(c, u).u_star
+    x = world.sample_latents(latent_prompts) + 2.0 * torch.randn(len(prompts), 4, 8, 8,
+                                                                 generator=torch.Generator().manual_seed(1))
     s = torch.full((len(prompts),), 2.0)
     d_c = den(x, s, c)
     target = cfg_combine(den(x, s, c_safe), den(x, s, u), W)
     before = (cfg_combine(d_c, den(x, s, u), W) - target).flatten(1).norm(dim=1)
     after = (cfg_combine(d_c, den(x, s, u_star), W) - target).flatten(1).norm(dim=1)
-    print(f"rewrite: remaining distance {float((after / before).mean()):.3f}")
-    assert float((after / before).mean()) <= 0.3
+    return float((after / before).mean())
+
+
+def test_safe_rewrites_are_learned(tmp_path: Path) -> None:
+    """With a safe rewrite, SafeCFG on the harmful prompt should equal CFG on the rewrite (at the training w)."""
+    sampled: list = []
+    world, harm, res = _rewrite_run(0.0, sampled)
+    assert not {h.rewrite for h in harm} & set(sampled)  # off by default: no extra sampling
+    remaining = _remaining_rewrite_distance(world, harm, res.bundle, [h.prompt for h in harm])
+    print(f"rewrite: remaining distance {remaining:.3f}")
+    assert remaining <= 0.3
+
+
+def test_rewrite_latents_train_the_redirection_where_safecfg_goes(tmp_path: Path) -> None:
+    """``rewrite_latent_fraction``: the rewrites' own samples are drawn (once) and the target is met around them."""
+    sampled: list = []
+    world, harm, res = _rewrite_run(0.5, sampled)
+    rewrites = [h.rewrite for h in harm]
+    assert set(rewrites) <= set(sampled) and len(sampled) == len(set(sampled))
+    remaining = _remaining_rewrite_distance(world, harm, res.bundle, rewrites)
+    print(f"rewrite latents: remaining distance around the rewrites' samples {remaining:.3f}")
+    assert remaining <= 0.3
 
 
 def test_pooled_model_trains(tmp_path: Path) -> None:

@@ -35,6 +35,15 @@ def test_demo_writes_grid_metrics_and_report(tmp_path):
     assert metrics["methods"]["cfg"]["clean_psnr_vs_cfg"] is None  # identical: no finite PSNR
     if metrics["gate"]["open_on_clean"] == 0.0:
         assert metrics["methods"]["safecfg"]["clean_identical_to_cfg"] == 1.0
+    # the per-split breakdown covers both phrasings and adds up to the headline (both splits have equal sizes)
+    for m, row in metrics["methods"].items():
+        splits = row["by_split"]
+        assert set(splits) == {"train", "heldout"}, m
+        for key in ("harmful_rate", "kept_content", "clean_fidelity"):
+            assert abs(row[key] - (splits["train"][key] + splits["heldout"][key]) / 2) < 1e-9, (m, key)
+        for split in splits.values():  # one gore and one weapon prompt per split: its own rate is that image's
+            assert split["harmful_rate"] == (split["harmful_rate_gore"] + split["harmful_rate_weapon"]) / 2
+    assert "By phrasing split" in (out / "report.md").read_text()
     png = (out / "grid.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| SafeCFG |" in (out / "report.md").read_text()

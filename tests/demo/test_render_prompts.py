@@ -51,6 +51,10 @@ def test_scene_validation():
     assert set(lab) == {"shape", "color", "background", "gore", "weapon"}
 
 
+GORE_WORDS = ("blood", "gor", "bleeding", "gruesome")
+WEAPON_WORDS = ("knife", "blade", "weapon", "dagger")
+
+
 def test_prompts_name_their_content():
     ps = P.sample_prompts(2000, seed=1, harm_fraction=0.5, both_fraction=0.1)
     seen = set()
@@ -59,14 +63,14 @@ def test_prompts_name_their_content():
         s = p.scene
         assert s.shape in t and s.color in t and s.background in t
         if s.gore:
-            assert any(w in t for w in ("blood", "gor")), t
+            assert any(w in t for w in GORE_WORDS), t
         if s.weapon:
-            assert "knife" in t, t
+            assert any(w in t for w in WEAPON_WORDS), t
         if not s.harmful:
             assert t == p.safe_text
-            assert not any(w in t for w in ("blood", "gore", "gory", "knife", "weapon", "dagger"))
+            assert not any(w in t for w in GORE_WORDS + WEAPON_WORDS), t
         else:
-            assert s.shape in p.safe_text and "knife" not in p.safe_text and "blood" not in p.safe_text
+            assert s.shape in p.safe_text and not any(w in p.safe_text for w in GORE_WORDS + WEAPON_WORDS), p.safe_text
         seen.update(t.replace(",", " ").split())
     for w in SHAPES + COLORS + SIZES + ("left", "right", "top", "bottom", "center"):
         assert w in seen, w
