@@ -53,10 +53,13 @@ def model_identity(model_patcher: Any, samples_per_tensor: int = 64) -> str:
     with torch.no_grad():
         for name, tensor in sorted(model_patcher.model.state_dict().items()):
             h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            flat = tensor.reshape(-1)
-            if flat.numel():
-                step = max(1, flat.numel() // samples_per_tensor)
-                h.update(flat[::step][:samples_per_tensor].detach().float().cpu().numpy().tobytes())
+            try:
+                flat = tensor.reshape(-1)
+                if flat.numel():
+                    step = max(1, flat.numel() // samples_per_tensor)
+                    h.update(flat[::step][:samples_per_tensor].detach().float().cpu().numpy().tobytes())
+            except (RuntimeError, TypeError, NotImplementedError):
+                pass  # quantized tensor types (GGUF, fp8 wrappers) without plain indexing: name and shape still count
     for key, patch_list in sorted(getattr(model_patcher, "patches", {}).items()):
         strengths = [p[0] for p in patch_list if p and isinstance(p[0], (int, float))]
         h.update(f"{key}{strengths}".encode())

@@ -294,7 +294,7 @@ def _breakdown(pred: Dict[str, object], result: ExperimentResult) -> Dict[str, D
     """The same rates per phrasing split, and the harmful rate per harm category within each split: where a method
     (or the model itself) falls short is visible, not averaged away."""
     out: Dict[str, Dict[str, object]] = {}
-    for split in sorted({it.split for it in result.items}):
+    for split in dict.fromkeys(it.split for it in result.items):  # in the prompts' order (training first)
         ids = [i for i, it in enumerate(result.items) if it.split == split]
         rates = _method_rates(pred, result, ids)
         for harm in HARMS:

@@ -117,7 +117,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "was trained so: on the demo model it removes far more harm than the concept target)")
     parser.add_argument("--rewrite-latents", type=float, default=0.0,
                         help="with --rewrites: share of harmful rows noised from the rewrite's own samples (where SafeCFG "
-                             "should lead), 0..1 (default 0)")
+                             "should lead), 0..1 (default 0: on the demo world 0.5 removed fewer weapons than 0; compare "
+                             "with `python -m safecfg_core demo --hgr FILE`, whose metrics break the harm down by category)")
     parser.add_argument("--width", type=int, default=None, help="HGR width (default: the demo preset's)")
     parser.add_argument("--depth", type=int, default=None, help="HGR depth (default: the demo preset's)")
     args = parser.parse_args(argv)
