@@ -300,8 +300,9 @@ def _prompt_key(prompt: str) -> str:
 
 
 def _load_latent_cache(path: Optional[Path], model_id: str = "") -> Dict[str, torch.Tensor]:
-    """The cached latents at ``path``, or nothing when there are none or another model drew them (a cache with
-    another ``model_id`` is set aside and overwritten: its latents would teach this model's HGR the wrong pictures)."""
+    """The cached latents at ``path``, or nothing when there are none or another model drew them. A cache with
+    another ``model_id`` is ignored (its latents would teach this model's HGR the wrong pictures) and replaced by
+    this model's once they are drawn."""
     if path is None or not path.exists():
         return {}
     from safetensors import safe_open
