@@ -7,6 +7,7 @@ and the ``[[tokens, {"pooled_output": ...}], ...]`` layout of CONDITIONING.
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
@@ -44,11 +45,9 @@ def model_identity(model_patcher: Any, samples_per_tensor: int = 64) -> str:
     weight, and the LoRA-style patches (keys and strengths) the ModelPatcher will apply.
 
     Why: the HGR trainer caches the model's own samples and skips work already done for the same inputs; keyed only
-    by prompts and settings, a second SD1.5 fine-tune would silently get the first one's latents or HGR. Sampling
-    a few values per tensor keeps this to milliseconds even for SDXL.
+    by prompts and settings, a second SD1.5 fine-tune would silently get the first one's latents or HGR. Only a few
+    values per tensor are read, never the whole weights.
     """
-    import hashlib
-
     h = hashlib.sha256(type(getattr(model_patcher.model, "model_config", None)).__name__.encode())
     with torch.no_grad():
         for name, tensor in sorted(model_patcher.model.state_dict().items()):

@@ -114,7 +114,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="weight of |Delta|^2 on clean prompts (keeps clean scores near zero; default 0.2)")
     parser.add_argument("--rewrites", action="store_true",
                         help="train toward the safe rewrite of each harmful prompt instead of its concept text (the shipped HGR "
-                             "was trained so: on the demo model it removes far more harm than the concept target)")
+                             "was trained so: on the previous demo model it removed far more harm than the concept "
+                             "target)")
     parser.add_argument("--rewrite-latents", type=float, default=0.0,
                         help="with --rewrites: share of harmful rows noised from the rewrite's own samples (where SafeCFG "
                              "should lead), 0..1 (default 0: on the demo world 0.5 removed fewer weapons than 0; compare "

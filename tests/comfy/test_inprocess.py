@@ -18,7 +18,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-SCRIPT = textwrap.dedent(r'''
+# Every script starts so: ComfyUI (argv[1]) on the path, in --cpu mode, and this pack (argv[2]) imported as a
+# package named ``safecfg_pack``, the way ComfyUI's custom-node loader does.
+PACK_PREAMBLE = textwrap.dedent(r'''
     import importlib.util, json, sys
     root, pack = sys.argv[1], sys.argv[2]
     sys.path.insert(0, root)
@@ -26,12 +28,15 @@ SCRIPT = textwrap.dedent(r'''
     import comfy.options
     comfy.options.enable_args_parsing()
     import torch
-    import comfy.sample
     spec = importlib.util.spec_from_file_location("safecfg_pack", pack + "/__init__.py",
                                                   submodule_search_locations=[pack])
     mod = importlib.util.module_from_spec(spec)
     sys.modules["safecfg_pack"] = mod
     spec.loader.exec_module(mod)
+''')
+
+SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
+    import comfy.sample
     assert not mod.DISABLED_NODES, mod.DISABLED_NODES
     from safecfg_pack.safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
     N = mod.NODE_CLASS_MAPPINGS
@@ -87,10 +92,11 @@ SCRIPT = textwrap.dedent(r'''
 ''')
 
 
-def _run(root: Path, pythonpath: list) -> dict:
+def _run(root: Path, pythonpath: list, script: str = SCRIPT) -> dict:
+    """Run ``script`` in a fresh interpreter against the ComfyUI at ``root``; return its ``RESULT`` JSON (+ log)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(p) for p in pythonpath] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(root), str(REPO_ROOT)], cwd=root, env=env,
+    proc = subprocess.run([sys.executable, "-c", script, str(root), str(REPO_ROOT)], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
@@ -144,27 +150,15 @@ def test_safecfg_inside_comfy_sampling(comfyui_root, which):
         assert "negative pass before any positive pass" in res["log"]
 
 
-IDENTITY_SCRIPT = textwrap.dedent(r'''
-    import importlib.util, json, sys
-    root, pack = sys.argv[1], sys.argv[2]
-    sys.path.insert(0, root)
-    sys.argv = ["main.py", "--cpu"]
-    import comfy.options
-    comfy.options.enable_args_parsing()
-    import torch
-    spec = importlib.util.spec_from_file_location("safecfg_pack", pack + "/__init__.py",
-                                                  submodule_search_locations=[pack])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["safecfg_pack"] = mod
-    spec.loader.exec_module(mod)
+IDENTITY_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
     from safecfg_pack.nodes.comfy_adapters import model_identity
     N = mod.NODE_CLASS_MAPPINGS
     demo = N["SafeCFGDemoModel"]().load("demo")[0]
     untrained = N["SafeCFGDemoModel"]().load("untrained")[0]
-    key = next(k for k in demo.model.state_dict() if k.endswith("weight") and demo.model.state_dict()[k].dim() == 2)
+    sd = demo.model.state_dict()
+    key = next(k for k, v in sd.items() if k.endswith("weight") and v.dim() == 2)
     patched = demo.clone()
-    w = demo.model.state_dict()[key]
-    patched.add_patches({key: (torch.full_like(w, 0.01),)}, 0.5)
+    patched.add_patches({key: (torch.full_like(sd[key], 0.01),)}, 0.5)
     out = {"demo": model_identity(demo), "demo_clone": model_identity(demo.clone()),
            "untrained": model_identity(untrained), "patched": model_identity(patched)}
     print("RESULT " + json.dumps(out))
@@ -175,11 +169,6 @@ def test_model_identity_tells_models_apart(comfyui_root):
     """The Train HGR node keys its latent cache and its "already trained" shortcut by this identity: a clone is the
     same model, other weights or a LoRA-style patch are not."""
     root = Path(comfyui_root)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in _shim_paths(root)] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-c", IDENTITY_SCRIPT, str(root), str(REPO_ROOT)], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    ids = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1][len("RESULT "):])
+    ids = _run(root, _shim_paths(root), IDENTITY_SCRIPT)
     assert ids["demo"] == ids["demo_clone"], ids
     assert len({ids["demo"], ids["untrained"], ids["patched"]}) == 3, ids

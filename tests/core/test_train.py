@@ -259,7 +259,8 @@ def test_denoiser_is_frozen_and_restored(tmp_path: Path) -> None:
 
 
 def _rewrite_run(fraction: float, sampled: list):
-    """Train with a safe rewrite per harmful prompt; ``sampled`` collects every prompt whose latents were drawn."""
+    """Train with a safe rewrite per harmful prompt; ``sampled`` collects every prompt whose latents were drawn.
+    Returns the world, the harmful prompts and the result."""
     world = load_analytic_world()
     world.hgr_config = HGRConfig(token_dim=32, model_family="analytic", width=48, depth=1, heads=4)
     lexicon = set(world.text_encoder.word_category)
@@ -313,6 +314,26 @@ def test_rewrite_latents_train_the_redirection_where_safecfg_goes(tmp_path: Path
     remaining = _remaining_rewrite_distance(world, harm, res.bundle, rewrites)
     print(f"rewrite latents: remaining distance around the rewrites' samples {remaining:.3f}")
     assert remaining <= 0.3
+
+    # and the denoiser really is fed those samples: mark the rewrites' latents (+1000) and watch its inputs
+    marked = set(rewrites)
+    largest_input = []
+
+    def recording_denoiser(x, sigma, cond):
+        largest_input.append(float(x.abs().max()))
+        return world.denoiser(x, sigma, cond)
+
+    def marked_latents(prompts):
+        x = world.sample_latents(prompts)
+        return x + 1000.0 * torch.tensor([p in marked for p in prompts], dtype=x.dtype).view(-1, 1, 1, 1)
+
+    ps = PromptSet(world.clean_prompts[:24], harm, dict(world.concepts))
+    for fraction, expect_marked in ((1.0, True), (0.0, False)):
+        largest_input.clear()
+        train_hgr(world.text_encoder, recording_denoiser, ps,
+                  TrainConfig(steps=3, batch_size=12, cfg_scale=W, rewrite_latent_fraction=fraction),
+                  world.hgr_config, sample_latents=marked_latents)
+        assert (max(largest_input) > 500) == expect_marked, (fraction, max(largest_input))
 
 
 def test_pooled_model_trains(tmp_path: Path) -> None:
