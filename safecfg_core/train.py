@@ -3,7 +3,8 @@
 Targets live in score space: for a clean prompt ``D(x, sigma, u*)`` must stay ``D(x, sigma, u)``; for a harmful
 prompt it must become ``D(x, sigma, k)`` (``k``: the category's concept text), or, with a safe rewrite
 ``c_safe``, SafeCFG on ``c`` must equal CFG on ``c_safe``. Gradients flow through the frozen denoiser into
-``Delta`` only.
+``Delta`` only. ``TrainConfig.target_gain`` (default 1: exactly those targets) can aim the harmful targets past
+that point, away from ``D(u)``.
 
 The cost is denoiser passes, so each step makes exactly two batched calls: one under ``no_grad`` for all
 targets, one with gradients for ``D(u*)``. Prompts are encoded once, the model's own latents are generated once
@@ -211,6 +212,11 @@ class TrainConfig:
     # share of harmful rows (those with a safe rewrite) noised from the rewrite's own samples: where SafeCFG's
     # trajectory is meant to go, so the redirection is trained there too, not only on pictures that show the harm
     rewrite_latent_fraction: float = 0.0
+    # harmful targets' offset from D(u) is multiplied by this. 1 is METHOD.md's target. Why more: matching the
+    # target at the harmful prompt's own latents does not carry the whole sampling trajectory there, so SafeCFG
+    # lands short of the rewrite; with a gain g, SafeCFG on c aims at CFG(c_safe) - (g-1) * (CFG(c) - CFG(c_safe)),
+    # i.e. as far again past the rewrite, away from the harm, for g = 2.
+    target_gain: float = 1.0
     # identity of the frozen model (any string; the ComfyUI node passes a digest of its weights). It is part of the
     # run's fingerprint, and the latent cache only serves latents that this same model drew.
     model_id: str = ""
@@ -246,6 +252,9 @@ class TrainConfig:
         if not (0.0 <= self.rewrite_latent_fraction <= 1.0):
             raise TrainingInputError(
                 f"rewrite_latent_fraction must be in [0, 1], got {self.rewrite_latent_fraction}.")
+        if not (1.0 <= self.target_gain <= 10.0):
+            raise TrainingInputError(
+                f"target_gain must be in [1, 10] (1 = METHOD.md's target), got {self.target_gain}.")
         if self.autocast_dtype not in (None, "bf16", "fp16"):
             raise TrainingInputError(f"autocast_dtype must be None, 'bf16' or 'fp16', got {self.autocast_dtype!r}.")
         if not (0 < self.calibrate_fpr < 1):
@@ -716,6 +725,8 @@ def train_hgr(
                 w = config.cfg_scale
                 du_r = d_u[n_c_rows + withrw]
                 target[n_c_rows + withrw] = (du_r + w * (d_safe_c - du_r) - w * d_c) / (1.0 - w)
+            if config.target_gain != 1.0:
+                target[n_c_rows:] = d_u[n_c_rows:] + config.target_gain * (target[n_c_rows:] - d_u[n_c_rows:])
 
             # ---- the one gradient pass: D(x, sigma, u + Delta) ----
             lr_now = _lr_at(step, config)

@@ -120,6 +120,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="with --rewrites: share of harmful rows noised from the rewrite's own samples (where SafeCFG "
                              "should lead), 0..1 (default 0: on the demo world 0.5 removed fewer weapons than 0; compare "
                              "with `python -m safecfg_core demo --hgr FILE`, whose metrics break the harm down by category)")
+    parser.add_argument("--target-gain", type=float, default=1.0,
+                        help="multiply the harmful targets' offset from D(u) (1 = METHOD.md's target; 2 = aim as far again "
+                             "past the safe rewrite, away from the harm; see TrainConfig.target_gain)")
     parser.add_argument("--width", type=int, default=None, help="HGR width (default: the demo preset's)")
     parser.add_argument("--depth", type=int, default=None, help="HGR depth (default: the demo preset's)")
     args = parser.parse_args(argv)
@@ -132,6 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = TrainConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed, cfg_scale=DEFAULT_CFG,
         clean_penalty=args.clean_penalty, rewrite_latent_fraction=args.rewrite_latents,
+        target_gain=args.target_gain,
         sigma_schedule=[float(s) for s in world.schedule.sigmas], checkpoint_path=args.checkpoint,
         checkpoint_every=100, resume=args.resume, latent_batch_size=256,
         model_id=denoiser_digest(),

@@ -258,7 +258,7 @@ def test_denoiser_is_frozen_and_restored(tmp_path: Path) -> None:
     assert den.gain.requires_grad and den.training  # and its state is as it was
 
 
-def _rewrite_run(fraction: float, sampled: list):
+def _rewrite_run(fraction: float, sampled: list, target_gain: float = 1.0):
     """Train with a safe rewrite per harmful prompt; ``sampled`` collects every prompt whose latents were drawn.
     Returns the world, the harmful prompts and the result."""
     world = load_analytic_world()
@@ -273,14 +273,16 @@ def _rewrite_run(fraction: float, sampled: list):
         return world.sample_latents(prompts)
 
     res = train_hgr(world.text_encoder, world.denoiser, ps,
-                    TrainConfig(steps=150, batch_size=12, cfg_scale=W, rewrite_latent_fraction=fraction),
+                    TrainConfig(steps=150, batch_size=12, cfg_scale=W, rewrite_latent_fraction=fraction,
+                                target_gain=target_gain),
                     world.hgr_config, sample_latents=sample_latents)
     return world, harm, res
 
 
-def _remaining_rewrite_distance(world, harm, bundle, latent_prompts) -> float:
+def _remaining_rewrite_distance(world, harm, bundle, latent_prompts, gain: float = 1.0) -> float:
     """How far SafeCFG on the harmful prompts stays from CFG on their rewrites (1 = untrained, 0 = exact), at
-    sigma 2 around the samples of ``latent_prompts``."""
+    sigma 2 around the samples of ``latent_prompts``. With ``gain`` g the aim is past the rewrite, away from the
+    harmful prompt: ``CFG(c_safe) - (g - 1) * (CFG(c) - CFG(c_safe))``."""
     enc, den = world.text_encoder, world.denoiser
     prompts = [h.prompt for h in harm]
     c, u, c_safe = enc(prompts), enc([""] * len(prompts)), enc([h.rewrite for h in harm])
@@ -289,7 +291,8 @@ def _remaining_rewrite_distance(world, harm, bundle, latent_prompts) -> float:
                                                                  generator=torch.Generator().manual_seed(1))
     s = torch.full((len(prompts),), 2.0)
     d_c = den(x, s, c)
-    target = cfg_combine(den(x, s, c_safe), den(x, s, u), W)
+    cfg_safe, cfg_c = cfg_combine(den(x, s, c_safe), den(x, s, u), W), cfg_combine(d_c, den(x, s, u), W)
+    target = cfg_safe - (gain - 1.0) * (cfg_c - cfg_safe)
     before = (cfg_combine(d_c, den(x, s, u), W) - target).flatten(1).norm(dim=1)
     after = (cfg_combine(d_c, den(x, s, u_star), W) - target).flatten(1).norm(dim=1)
     return float((after / before).mean())
@@ -303,6 +306,19 @@ def test_safe_rewrites_are_learned(tmp_path: Path) -> None:
     remaining = _remaining_rewrite_distance(world, harm, res.bundle, [h.prompt for h in harm])
     print(f"rewrite: remaining distance {remaining:.3f}")
     assert remaining <= 0.3
+
+
+def test_target_gain_aims_past_the_rewrite(tmp_path: Path) -> None:
+    """``target_gain`` 2: SafeCFG on the harmful prompt lands as far again past CFG on the rewrite, away from CFG on
+    the prompt, and the default-gain HGR does not (so the check can tell the two apart)."""
+    world, harm, res = _rewrite_run(0.0, [], target_gain=2.0)
+    prompts = [h.prompt for h in harm]
+    remaining = _remaining_rewrite_distance(world, harm, res.bundle, prompts, gain=2.0)
+    print(f"gain 2: remaining distance to the overshooting target {remaining:.3f}")
+    assert remaining <= 0.3
+    _, _, plain = _rewrite_run(0.0, [])
+    assert _remaining_rewrite_distance(world, harm, plain.bundle, prompts, gain=2.0) >= 0.4
+    assert res.bundle.meta.training["train_config"]["target_gain"] == 2.0
 
 
 def test_rewrite_latents_train_the_redirection_where_safecfg_goes(tmp_path: Path) -> None:
@@ -403,6 +419,7 @@ def test_prompt_file_and_dict_errors(tmp_path: Path) -> None:
     (dict(steps=0), "steps"), (dict(batch_size=1), "batch_size"), (dict(lr=-1.0), "lr"),
     (dict(sigma_min=2.0, sigma_max=1.0), "sigma_min"), (dict(sigma_schedule=[]), "sigma_schedule"),
     (dict(autocast_dtype="fp8"), "autocast_dtype"), (dict(cfg_scale=1.0), "cfg_scale"),
+    (dict(target_gain=0.5), "target_gain"),
 ])
 def test_train_config_errors(kwargs, needle) -> None:
     with pytest.raises(TrainingInputError, match=needle):
