@@ -83,6 +83,11 @@ class TrainHGR:
                           "tooltip": "Image width of the training latents (the demo model: 64; SD1.5: 512)."}),
                 "height": ("INT", {"default": 64, "min": 16, "max": 4096, "step": 8,
                            "tooltip": "Image height of the training latents."}),
+                "target_gain": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 10.0, "step": 0.1,
+                                "tooltip": "How far past its target a harmful prompt is redirected: 1 is the paper's "
+                                           "target; 3 aims twice as far again past the safe rewrite, away from the "
+                                           "harm (on the demo world, with '=> safe rewrite' lines, it removed far "
+                                           "more harm: see the README)."}),
                 "retrain": ("BOOLEAN", {"default": False,
                             "tooltip": "Train again even if an HGR with the same name, inputs and settings exists."}),
             },
@@ -94,8 +99,8 @@ class TrainHGR:
     FUNCTION = "train"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Trains a Harmful Guidance Redirector for the connected model: clean prompts stay as they are, "
-                   "harmful prompts get a negative that steers away from their category's concept. Cancel keeps "
-                   "the last checkpoint; running again resumes from it.")
+                   "harmful prompts get a negative that steers away from their category's concept (or toward their "
+                   "safe rewrite). Cancel keeps the last checkpoint; running again resumes from it.")
 
     @classmethod
     def IS_CHANGED(cls, retrain=False, **kwargs):
@@ -105,13 +110,13 @@ class TrainHGR:
                                          sort_keys=True).encode()).hexdigest()
 
     def train(self, model, clip, clean_prompts, harmful_prompts, concepts, steps, lr, batch_size, seed, name,
-              sample_steps=12, sample_cfg=5.0, width=64, height=64, retrain=False):
+              sample_steps=12, sample_cfg=5.0, width=64, height=64, target_gain=1.0, retrain=False):
         with torch.inference_mode(False):
             return self._train(model, clip, clean_prompts, harmful_prompts, concepts, steps, lr, batch_size, seed,
-                               name, sample_steps, sample_cfg, width, height, retrain)
+                               name, sample_steps, sample_cfg, width, height, target_gain, retrain)
 
     def _train(self, model, clip, clean_prompts, harmful_prompts, concepts, steps, lr, batch_size, seed, name,
-               sample_steps, sample_cfg, width, height, retrain):
+               sample_steps, sample_cfg, width, height, target_gain, retrain):
         import comfy.model_management as mm  # type: ignore
         import comfy.sample  # type: ignore
         import comfy.utils  # type: ignore
@@ -139,7 +144,8 @@ class TrainHGR:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt = ckpt_dir / (out_path.stem + ".checkpoint.safetensors")
         config = TrainConfig(steps=int(steps), lr=float(lr), batch_size=int(batch_size), seed=int(seed),
-                             sigma_schedule=sigmas, cfg_scale=float(sample_cfg), checkpoint_path=str(ckpt),
+                             sigma_schedule=sigmas, cfg_scale=float(sample_cfg), target_gain=float(target_gain),
+                             checkpoint_path=str(ckpt),
                              checkpoint_every=max(1, min(50, int(steps) // 4 or 1)), resume=True,
                              device=str(model.load_device), model_id=model_identity(model),
                              latent_cache_path=str(ckpt_dir / (out_path.stem + f".latents-{width}x{height}-{sample_steps}-{seed}.safetensors")))

@@ -269,8 +269,11 @@ def test_workflow_train_hgr_runs(comfy_server):
     g["2"]["inputs"].update({"steps": 4, "sample_steps": 2, "batch_size": 4, "name": "workflow_hgr"})
     entry = comfy_server.run(g)
     assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
-    assert (comfy_server.hgr_dir / "workflow_hgr.safetensors").exists()
+    saved = HGRBundle.load(comfy_server.hgr_dir / "workflow_hgr.safetensors")
     assert len(comfy_server.output_images(entry, "3")) == 1
+    # the workflow's settings reached the trainer: safe rewrites and the target gain
+    assert saved.meta.training["n_rewrites"] == 4
+    assert saved.meta.training["train_config"]["target_gain"] == g["2"]["inputs"]["target_gain"] == 3.0
 
 
 def test_conditioning_combine_uses_most_harmful(comfy_server, hgr_files):
