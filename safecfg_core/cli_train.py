@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clean-penalty", type=float, default=0.05)
+    p.add_argument("--target-gain", type=float, default=1.0,
+                   help="multiply harmful targets' offset from D(u): 1 = METHOD.md's target, 3 aims twice as far "
+                        "again past a safe rewrite (what the shipped demo HGR uses)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint file (default: <out>.ckpt.safetensors); latents are cached next to it")
     p.add_argument("--checkpoint-every", type=int, default=100)
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                                 dict(world.concepts)).validate()
         config = TrainConfig(
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, clean_penalty=args.clean_penalty,
-            negative_prompt=getattr(world, "negative_prompt", ""), cfg_scale=getattr(world, "cfg_scale", 7.0),
+            target_gain=args.target_gain, negative_prompt=getattr(world, "negative_prompt", ""), cfg_scale=getattr(world, "cfg_scale", 7.0),
             checkpoint_path=str(ckpt), checkpoint_every=args.checkpoint_every, resume=args.resume,
             device=args.device, autocast_dtype=args.autocast, calibrate_fpr=args.fpr, latent_batch_size=args.latent_batch,
             model_id=getattr(world, "model_id", ""),

@@ -120,3 +120,15 @@ def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> Non
     ckpt = HGRBundle.load(tmp_path / "h.ckpt.safetensors")
     assert ckpt.meta.training["checkpoint_step"] >= 1
     assert not out.exists()  # nothing half-finished is presented as the result
+
+
+def test_train_target_gain_reaches_the_file_and_bad_values_are_explained(tmp_path: Path, capsys) -> None:
+    torch.set_num_threads(1)
+    out = tmp_path / "g.safetensors"
+    assert cli.main(["train", "--model", "analytic", "--steps", "5", "--target-gain", "2.5", "--out", str(out)]) == 0
+    assert HGRBundle.load(out).meta.training["train_config"]["target_gain"] == 2.5
+    capsys.readouterr()
+    assert cli.main(["train", "--model", "analytic", "--steps", "5", "--target-gain", "0.5",
+                     "--out", str(tmp_path / "bad.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "target_gain must be in [1, 10]" in err and "0.5" in err, err
