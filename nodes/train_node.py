@@ -85,9 +85,10 @@ class TrainHGR:
                            "tooltip": "Image height of the training latents."}),
                 "target_gain": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 10.0, "step": 0.1,
                                 "tooltip": "How far past its target a harmful prompt is redirected: 1 is the paper's "
-                                           "target; 3 aims twice as far again past the safe rewrite, away from the "
-                                           "harm (on the demo world, with '=> safe rewrite' lines, it removed far "
-                                           "more harm: see the README)."}),
+                                           "target; a gain g aims (g - 1) times the prompt-to-rewrite distance past "
+                                           "the safe rewrite, away from the harm. The shipped demo HGR uses 4 with "
+                                           "'=> safe rewrite' lines (5% harm left on the demo world, against 50% "
+                                           "at 1: see the README)."}),
                 "retrain": ("BOOLEAN", {"default": False,
                             "tooltip": "Train again even if an HGR with the same name, inputs and settings exists."}),
             },

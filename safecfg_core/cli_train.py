@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clean-penalty", type=float, default=0.05)
     p.add_argument("--target-gain", type=float, default=1.0,
-                   help="multiply harmful targets' offset from D(u): 1 = METHOD.md's target, 3 aims twice as far "
-                        "again past a safe rewrite (what the shipped demo HGR uses)")
+                   help="multiply harmful targets' offset from D(u): 1 = METHOD.md's target; g aims (g - 1) times the "
+                        "prompt-to-rewrite distance past a safe rewrite (the shipped demo HGR uses 4)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint file (default: <out>.ckpt.safetensors); latents are cached next to it")
     p.add_argument("--checkpoint-every", type=int, default=100)

@@ -121,8 +121,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "should lead), 0..1 (default 0: on the demo world 0.5 removed fewer weapons than 0; compare "
                              "with `python -m safecfg_core demo --hgr FILE`, whose metrics break the harm down by category)")
     parser.add_argument("--target-gain", type=float, default=1.0,
-                        help="multiply the harmful targets' offset from D(u) (1 = METHOD.md's target; 2 = aim as far again "
-                             "past the safe rewrite, away from the harm; see TrainConfig.target_gain)")
+                        help="multiply the harmful targets' offset from D(u) (1 = METHOD.md's target; g aims (g - 1) times the "
+                             "prompt-to-rewrite distance past the safe rewrite, away from the harm; the shipped HGR "
+                             "uses 4: see the README)")
     parser.add_argument("--width", type=int, default=None, help="HGR width (default: the demo preset's)")
     parser.add_argument("--depth", type=int, default=None, help="HGR depth (default: the demo preset's)")
     args = parser.parse_args(argv)

@@ -273,7 +273,7 @@ def test_workflow_train_hgr_runs(comfy_server):
     assert len(comfy_server.output_images(entry, "3")) == 1
     # the workflow's settings reached the trainer: safe rewrites and the target gain
     assert saved.meta.training["n_rewrites"] == 4
-    assert saved.meta.training["train_config"]["target_gain"] == g["2"]["inputs"]["target_gain"] == 3.0
+    assert saved.meta.training["train_config"]["target_gain"] == g["2"]["inputs"]["target_gain"] == 4.0
 
 
 def test_conditioning_combine_uses_most_harmful(comfy_server, hgr_files):
