@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
                                 dict(world.concepts)).validate()
         config = TrainConfig(
             steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, clean_penalty=args.clean_penalty,
-            target_gain=args.target_gain, negative_prompt=getattr(world, "negative_prompt", ""), cfg_scale=getattr(world, "cfg_scale", 7.0),
+            target_gain=args.target_gain, negative_prompt=getattr(world, "negative_prompt", ""),
+            cfg_scale=getattr(world, "cfg_scale", 7.0),
             checkpoint_path=str(ckpt), checkpoint_every=args.checkpoint_every, resume=args.resume,
             device=args.device, autocast_dtype=args.autocast, calibrate_fpr=args.fpr, latent_batch_size=args.latent_batch,
             model_id=getattr(world, "model_id", ""),

@@ -290,25 +290,32 @@ def _remaining_rewrite_distance(world, harm, bundle, latent_prompts, gain: float
     x = world.sample_latents(latent_prompts) + 2.0 * torch.randn(len(prompts), 4, 8, 8,
                                                                  generator=torch.Generator().manual_seed(1))
     s = torch.full((len(prompts),), 2.0)
-    d_c = den(x, s, c)
-    cfg_safe, cfg_c = cfg_combine(den(x, s, c_safe), den(x, s, u), W), cfg_combine(d_c, den(x, s, u), W)
+    d_c, d_u = den(x, s, c), den(x, s, u)
+    cfg_safe, cfg_c = cfg_combine(den(x, s, c_safe), d_u, W), cfg_combine(d_c, d_u, W)
     target = cfg_safe - (gain - 1.0) * (cfg_c - cfg_safe)
-    before = (cfg_combine(d_c, den(x, s, u), W) - target).flatten(1).norm(dim=1)
+    before = (cfg_c - target).flatten(1).norm(dim=1)
     after = (cfg_combine(d_c, den(x, s, u_star), W) - target).flatten(1).norm(dim=1)
     return float((after / before).mean())
 
 
-def test_safe_rewrites_are_learned(tmp_path: Path) -> None:
-    """With a safe rewrite, SafeCFG on the harmful prompt should equal CFG on the rewrite (at the training w)."""
+@pytest.fixture(scope="module")
+def rewrite_run_gain_1():
+    """The default run toward safe rewrites (gain 1, no rewrite latents) and the prompts its latents were drawn for."""
     sampled: list = []
     world, harm, res = _rewrite_run(0.0, sampled)
+    return world, harm, res, sampled
+
+
+def test_safe_rewrites_are_learned(rewrite_run_gain_1) -> None:
+    """With a safe rewrite, SafeCFG on the harmful prompt should equal CFG on the rewrite (at the training w)."""
+    world, harm, res, sampled = rewrite_run_gain_1
     assert not {h.rewrite for h in harm} & set(sampled)  # off by default: no extra sampling
     remaining = _remaining_rewrite_distance(world, harm, res.bundle, [h.prompt for h in harm])
     print(f"rewrite: remaining distance {remaining:.3f}")
     assert remaining <= 0.3
 
 
-def test_target_gain_aims_past_the_rewrite(tmp_path: Path) -> None:
+def test_target_gain_aims_past_the_rewrite(rewrite_run_gain_1) -> None:
     """``target_gain`` 2: SafeCFG on the harmful prompt lands as far again past CFG on the rewrite, away from CFG on
     the prompt, and the default-gain HGR does not (so the check can tell the two apart)."""
     world, harm, res = _rewrite_run(0.0, [], target_gain=2.0)
@@ -316,7 +323,7 @@ def test_target_gain_aims_past_the_rewrite(tmp_path: Path) -> None:
     remaining = _remaining_rewrite_distance(world, harm, res.bundle, prompts, gain=2.0)
     print(f"gain 2: remaining distance to the overshooting target {remaining:.3f}")
     assert remaining <= 0.3
-    _, _, plain = _rewrite_run(0.0, [])
+    plain = rewrite_run_gain_1[2]
     assert _remaining_rewrite_distance(world, harm, plain.bundle, prompts, gain=2.0) >= 0.4
     assert res.bundle.meta.training["train_config"]["target_gain"] == 2.0
 

@@ -5,26 +5,18 @@ The demo command measures this at full size (`docs/demo/`); here a small sample 
 harm on 100% of training-phrasing prompts, SafeCFG on 3.1%), but they fail the gain-1 HGR shipped before
 (commit 60ffb86), which left the harm on 14 of these 24 prompts; the shipped one leaves it on 1.
 """
-from dataclasses import replace
-
 import pytest
 import torch
 
-from safecfg_core.demo.experiment import items_from_samples, load_world_and_hgr, run_experiment
-from safecfg_core.demo.prompts import sample_prompts
-from safecfg_core.demo.render import random_scenes
+from safecfg_core.demo.cli import build_items
+from safecfg_core.demo.experiment import load_world_and_hgr, run_experiment
 
 
 @pytest.fixture(scope="module")
 def sampled():
     torch.set_num_threads(1)
     world, bundle, _ = load_world_and_hgr(None)
-    items = []
-    for kind_no, kind in enumerate(("clean", "gore", "weapon")):
-        scenes = random_scenes(12, seed=555000 + kind_no, harm_fraction=0.0)
-        if kind != "clean":
-            scenes = [replace(s, **{kind: True}) for s in scenes]
-        items += items_from_samples(sample_prompts(12, seed=555000 + kind_no, split="train", scenes=scenes))
+    items = [it for it in build_items(12, scene_seed=555000) if it.split == "train"]  # 12 clean, gore, weapon
     result = run_experiment(world, bundle, items, [0], methods=("cfg", "safecfg"))
     return world, items, result
 
