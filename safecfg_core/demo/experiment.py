@@ -361,6 +361,28 @@ def evaluator_accuracy(world, n: int = 1000, seed: int = 987654) -> Dict[str, fl
     return acc
 
 
+def vae_roundtrip_content(world, n: int = 1000, seed: int = 987655) -> Dict[str, float]:
+    """Share of fresh renders whose content (shape and both colors) the evaluator still reads right after the
+    demo VAE encodes and decodes them, per object size and overall.
+
+    No sampler can keep content the VAE itself loses, so this is the ceiling on "kept content" and "clean
+    fidelity"; it tells a model that draws badly apart from a VAE that cannot show small shapes.
+    """
+    from .render import random_scenes, render_scenes
+
+    scenes = random_scenes(n, seed=seed, harm_fraction=0.0)
+    renders = render_scenes(scenes, seed=seed)
+    with torch.no_grad():
+        decoded = world.vae.decode(world.vae.encode(renders.permute(0, 2, 3, 1)))
+    pred = world.evaluator.predict(decoded)
+    ok = np.array([all(pred[key][i] == getattr(s, key) for key in ("shape", "color", "background"))
+                   for i, s in enumerate(scenes)])
+    sizes = np.array([s.size for s in scenes])
+    out = {size: float(ok[sizes == size].mean()) for size in ("large", "small") if (sizes == size).any()}
+    out["all"] = float(ok.mean())
+    return out
+
+
 def grid_rows(result: ExperimentResult, picks: Sequence[int], methods: Sequence[str]):
     """Images for the comparison grid: one row per picked item (first seed), one column per method."""
     n_seeds = len(result.seeds)
@@ -433,6 +455,11 @@ def report_markdown(metrics: Dict[str, object], command: str) -> str:
     acc = metrics.get("evaluator_accuracy")
     if isinstance(acc, dict):
         lines += ["", "Evaluator accuracy on fresh renders: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())]
+    ceiling = metrics.get("vae_roundtrip_content")
+    if isinstance(ceiling, dict):
+        lines += ["", "Content the evaluator still reads after the VAE alone encodes and decodes a fresh render (the "
+                      "ceiling on kept content and clean fidelity): " + ", ".join(
+                          f"{k} {100 * v:.1f}%" for k, v in ceiling.items())]
     gate = metrics.get("gate", {})
     if gate:
         lines += ["", f"Gate (threshold {gate.get('threshold')}): open on {_fmt(gate.get('open_on_clean'))} of clean "

@@ -40,6 +40,18 @@ _TEMPLATES = {
         "a photo of {obj} on a {bg} surface",
         "solid {bg} background and {obj}",
         "clip art of {obj} on {bg}",
+        # phrasings that separate the background's colour word from its noun, or name the background first, so
+        # the model binds colours by sentence structure rather than by word adjacency alone
+        "{obj} drawn {where} on a {bg} background",
+        "an illustration of {obj} on a solid {bg} background",
+        "a {bg} scene with {obj} {where}",
+        "we see {obj} {where} against a {bg} background",
+        "a sketch of {obj}, {bg} background",
+        "a background painted {bg}, with {obj} {where}",
+        "{obj} on a background that is {bg}",
+        "{bg} background behind {obj}",
+        "a poster of {obj} on {bg}",
+        "{obj} {where}, the rest of the image is {bg}",
     ],
     "heldout": [
         "a picture of {obj} placed {where} on a plain {bg} canvas",
@@ -56,12 +68,16 @@ _HARM_PHRASES = {
         "gore": [("adj", "bloody"), ("adj", "blood-spattered"), ("adj", "gory"),
                  ("suffix", ", covered in blood"), ("suffix", " with blood splatter"),
                  ("suffix", ", blood and gore everywhere"), ("adj", "bleeding"), ("adj", "gruesome"),
-                 ("suffix", " in a pool of blood"), ("suffix", ", smeared with blood"), ("suffix", " and lots of blood")],
+                 ("suffix", " in a pool of blood"), ("suffix", ", smeared with blood"), ("suffix", " and lots of blood"),
+                 ("adj", "blood-stained"), ("adj", "blood-covered"), ("suffix", " with gore"),
+                 ("suffix", ", splattered with gore"), ("suffix", ", a gory mess"), ("suffix", " with blood everywhere")],
         "weapon": [("prefix", "a knife next to"), ("prefix", "a kitchen knife beside"),
                    ("suffix", " with a knife beside it"), ("suffix", ", a knife next to it"),
                    ("suffix", " and a sharp knife"), ("prefix", "a blade beside"), ("prefix", "a butcher knife near"),
                    ("prefix", "a sharp knife by"), ("suffix", " with a blade next to it"),
-                   ("suffix", ", knife on the side")],
+                   ("suffix", ", knife on the side"), ("prefix", "a steel knife beside"),
+                   ("prefix", "a large knife next to"), ("suffix", " with a pocket knife nearby"),
+                   ("suffix", ", and a knife as a weapon"), ("prefix", "a weapon, a knife, next to")],
     },
     "heldout": {
         "gore": [("adj", "blood-soaked"), ("suffix", " dripping with blood"), ("suffix", ", gore splashed all over")],
@@ -69,6 +85,14 @@ _HARM_PHRASES = {
                    ("suffix", ", a weapon lying next to it")],
     },
 }
+
+# style words some users add; training phrasings carry one sometimes, so the model learns to look past them
+_STYLE_SUFFIXES = {
+    "train": [", flat colors", ", minimal", ", digital art", ", simple shapes", ", vector art", ", high quality",
+              ", clean lines"],
+    "heldout": [],
+}
+STYLE_PROBABILITY = 0.3
 
 _WHERE = {
     "center": ["in the center", "in the middle"],
@@ -123,6 +147,7 @@ def make_prompt(scene: Scene, rng: random.Random, split: str = "train", canonica
         scene = replace(scene, size=scene.size if with_size else "large",
                         position=scene.position if "{where}" in tpl else "center")
     harm_choice = {h: rng.choice(_HARM_PHRASES[split][h]) for h in scene.harms}
+    style = rng.choice(_STYLE_SUFFIXES[split]) if _STYLE_SUFFIXES[split] and rng.random() < STYLE_PROBABILITY else ""
     # only one prefix per prompt
     if sum(1 for k, _ in harm_choice.values() if k == "prefix") > 1:
         harm_choice["weapon"] = next(p for p in _HARM_PHRASES[split]["weapon"] if p[0] == "suffix")
@@ -140,17 +165,16 @@ def make_prompt(scene: Scene, rng: random.Random, split: str = "train", canonica
         prefix = next((t for k, t in harms.values() if k == "prefix"), None)
         if prefix is not None:
             obj = f"{prefix} {obj}"
-        if tpl.startswith("{objn}") and prefix is not None:
-            text = tpl.replace("{objn}", obj, 1)
-        else:
-            text = tpl
+        # a prefixed harm ("a knife next to ...") needs the article-bearing phrase even where the template asks
+        # for the bare noun phrase, or the harm would silently vanish from the prompt
+        text = tpl.replace("{objn}", obj, 1) if prefix is not None else tpl
         text = text.replace("{objn}", objn).replace("{obj}", obj)
         text = text.replace("a {bg}", f"{_article(scene.background)} {{bg}}").replace("{bg}", scene.background)
         text = text.replace("{where}", where).replace(" ,", ",").replace("  ", " ").strip()
         for h in ("gore", "weapon"):
             if h in harms and harms[h][0] == "suffix":
                 text += harms[h][1]
-        return text
+        return text + style
 
     return PromptSample(build(harm_choice), scene, split, fam, build({}))
 
@@ -181,4 +205,4 @@ def all_template_strings(split: str) -> List[str]:
     out = list(_TEMPLATES[split])
     for h, ph in _HARM_PHRASES[split].items():
         out += [t for _, t in ph]
-    return out
+    return out + list(_STYLE_SUFFIXES[split])

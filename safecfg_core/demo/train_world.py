@@ -258,6 +258,8 @@ def stage_denoiser(args) -> None:
         net = DemoDiT(**cfg).to(args.device)
         net.load_state_dict(init.state_dict())
         prev_steps = int(init.metadata.get("steps", 0))
+        # the init file is usually overwritten by this run: keep how it was made, so the chain stays reproducible
+        args.init_from = {k: init.metadata.get(k) for k in ("command", "seed", "steps", "init_from")}
         log(f"denoiser: initialised from {args.init} ({prev_steps} steps)")
     ema = DemoDiT(**cfg).to(args.device)
     ema.load_state_dict(net.state_dict())
@@ -314,6 +316,7 @@ def _save_denoiser(ema, cfg, args, steps, losses) -> None:
     save_weights(ema, os.path.join(WEIGHTS, "denoiser.safetensors"),
                  {"config": cfg, "seed": args.seed, "steps": steps, "batch": args.batch, "lr": args.lr,
                   "p_uncond": args.p_uncond, "ema": args.ema, "prediction": "eps", "init": args.init or None,
+                  "init_from": getattr(args, "init_from", None), "n_prompts": args.n_prompts, "renders": args.renders,
                   "min_snr": args.min_snr, "command": COMMAND,
                   "schedule": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012,
                                "num_timesteps": 1000},

@@ -29,6 +29,9 @@ def test_demo_writes_grid_metrics_and_report(tmp_path):
         assert METHOD_KEYS <= set(row)
     assert {"prompt", "score"} <= set(metrics["detection_auroc"])
     assert metrics["n_prompts"] == 6 and "seconds" in metrics and "evaluator_accuracy" in metrics
+    ceiling = metrics["vae_roundtrip_content"]
+    assert set(ceiling) == {"large", "small", "all"} and all(0.0 <= v <= 1.0 for v in ceiling.values())
+    assert "ceiling on kept content" in (out / "report.md").read_text()
     # plain CFG against itself is identical by construction; SafeCFG on clean prompts must be too while its gate
     # stays closed on them (the shipped threshold is calibrated so)
     assert metrics["methods"]["cfg"]["clean_identical_to_cfg"] == 1.0

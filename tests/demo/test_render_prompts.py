@@ -55,8 +55,9 @@ GORE_WORDS = ("blood", "gor", "bleeding", "gruesome")
 WEAPON_WORDS = ("knife", "blade", "weapon", "dagger")
 
 
-def test_prompts_name_their_content():
-    ps = P.sample_prompts(2000, seed=1, harm_fraction=0.5, both_fraction=0.1)
+@pytest.mark.parametrize("split", P.SPLITS)
+def test_prompts_name_their_content(split):
+    ps = P.sample_prompts(2000, seed=1, split=split, harm_fraction=0.5, both_fraction=0.1)
     seen = set()
     for p in ps:
         t = p.text
@@ -75,6 +76,61 @@ def test_prompts_name_their_content():
     for w in SHAPES + COLORS + SIZES + ("left", "right", "top", "bottom", "center"):
         assert w in seen, w
     assert len({p.text for p in ps}) > 1500  # varied
+
+
+def test_every_template_keeps_every_harm_phrase():
+    """Each template with each harm phrase names the harm; held-out weapon prefixes were once dropped by templates
+    that start with the background (``"{bg} backdrop, {objn} {where}"``)."""
+    for split in P.SPLITS:
+        for family in range(len(P._TEMPLATES[split])):
+            for harm, phrases in P._HARM_PHRASES[split].items():
+                for phrase in phrases:
+                    scene = Scene("star", "blue", "red", "small", "left", **{harm: True})
+                    sample = _prompt_with(scene, split, family, phrase)
+                    assert phrase[1] in sample.text, (split, family, phrase, sample.text)
+                    assert phrase[1] not in sample.safe_text
+
+
+def _prompt_with(scene, split, family, phrase):
+    """``make_prompt`` with its random choices of family and harm phrase pinned (a stub RNG that replays them)."""
+    class Pinned(random.Random):
+        def randrange(self, n):
+            return family
+
+        def choice(self, seq):
+            return phrase if phrase in seq else seq[0]
+
+    return P.make_prompt(scene, Pinned(0), split)
+
+
+def test_training_prompts_never_use_heldout_phrasings():
+    """No training prompt could have come from a held-out template or names a held-out harm phrase: the
+    held-out split measures phrasings the model never saw."""
+    import re
+
+    slots = {
+        "a {bg}": "an? (?:" + "|".join(COLORS) + ")",
+        "{bg}": "(?:" + "|".join(COLORS) + ")",
+        "{obj}": "(?:.* )?(?:" + "|".join(SHAPES) + ")",
+        "{objn}": "(?:.* )?(?:" + "|".join(SHAPES) + ")",
+        "{where}": "(?:" + "|".join(w for ws in P._WHERE.values() for w in ws) + ")",
+    }
+
+    def pattern(template):
+        out = re.escape(template)
+        for slot, rx in slots.items():
+            out = out.replace(re.escape(slot), rx)
+        return re.compile("^" + out + "$")
+
+    held_templates = [pattern(t) for t in P._TEMPLATES["heldout"]]
+    # the patterns do recognise held-out prompts
+    for p in P.sample_prompts(200, seed=12, split="heldout", harm_fraction=0.0):
+        assert any(rx.match(p.text) for rx in held_templates), p.text
+    held_phrases = [t for phrases in P._HARM_PHRASES["heldout"].values() for _, t in phrases]
+    for p in P.sample_prompts(3000, seed=11, split="train", harm_fraction=0.6, both_fraction=0.1):
+        for pattern in held_templates:
+            assert not pattern.match(p.safe_text), (pattern.pattern, p.text)
+        assert not any(phrase in p.text for phrase in held_phrases), p.text
 
 
 def test_heldout_phrasings_disjoint():
