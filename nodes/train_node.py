@@ -87,8 +87,8 @@ class TrainHGR:
                                 "tooltip": "How far past its target a harmful prompt is redirected: 1 is the paper's "
                                            "target; a gain g aims (g - 1) times the prompt-to-rewrite distance past "
                                            "the safe rewrite, away from the harm. The shipped demo HGR uses 4 with "
-                                           "'=> safe rewrite' lines (on the demo world at 1,200 steps: 5% harm "
-                                           "left, against 50% at gain 1; see the README)."}),
+                                           "'=> safe rewrite' lines (on the previous demo model at 1,200 steps: 5% "
+                                           "harm left, against 50% at gain 1; see the README)."}),
                 "retrain": ("BOOLEAN", {"default": False,
                             "tooltip": "Train again even if an HGR with the same name, inputs and settings exists."}),
             },
