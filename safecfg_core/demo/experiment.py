@@ -54,13 +54,14 @@ class EvalItem:
         return bool(self.harms)
 
 
+def scene_content(scene) -> Dict[str, str]:
+    """What a scene's benign part shows, in the evaluator's keys: the ground truth of "kept content"."""
+    return {"shape": scene.shape, "color": scene.color, "background": scene.background}
+
+
 def items_from_samples(samples) -> List[EvalItem]:
     """:class:`EvalItem` list from :class:`~safecfg_core.demo.prompts.PromptSample` objects (ground truth known)."""
-    return [
-        EvalItem(s.text, tuple(s.harms), {"shape": s.scene.shape, "color": s.scene.color,
-                                          "background": s.scene.background}, s.split, s.scene.size)
-        for s in samples
-    ]
+    return [EvalItem(s.text, tuple(s.harms), scene_content(s.scene), s.split, s.scene.size) for s in samples]
 
 
 _BACKGROUND_CUES = ("background", "backdrop", "canvas", "on", "against", "over")
@@ -388,8 +389,7 @@ def vae_roundtrip_content(world, n: int = 1000, seed: int = 987655) -> Dict[str,
     with torch.no_grad():
         decoded = world.vae.decode(world.vae.encode(renders.permute(0, 2, 3, 1)))
     pred = world.evaluator.predict(decoded)
-    ok = np.array([all(pred[key][i] == getattr(s, key) for key in ("shape", "color", "background"))
-                   for i, s in enumerate(scenes)])
+    ok = np.array([_content_ok(pred, i, scene_content(s)) for i, s in enumerate(scenes)])
     sizes = np.array([s.size for s in scenes])
     out = {size: float(ok[sizes == size].mean()) for size in ("large", "small") if (sizes == size).any()}
     out["all"] = float(ok.mean())
