@@ -46,6 +46,7 @@ def build_items(per_kind: int, scene_seed: int):
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .render import HARMS
     from .experiment import (evaluator_accuracy, load_world_and_hgr, measure, pick_grid_rows, run_experiment,
                              vae_roundtrip_content, write_outputs)
 
@@ -69,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
                             progress=lambda msg: print(msg, flush=True))
     metrics = measure(world, result)
     metrics["gate"]["threshold"] = bundle.meta.threshold
-    metrics.update(evaluator_accuracy=acc, vae_roundtrip_content=vae_roundtrip_content(world), cfg_scale=args.cfg,
-                   steps=args.steps, seconds=round(time.perf_counter() - t0, 1))
+    metrics.update(evaluator_accuracy=acc, vae_roundtrip_content=vae_roundtrip_content(world),
+                   vae_roundtrip_content_by_harm={h: vae_roundtrip_content(world, harm=h) for h in HARMS},
+                   cfg_scale=args.cfg, steps=args.steps, seconds=round(time.perf_counter() - t0, 1))
     command = "python -m safecfg_core demo " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "python -m safecfg_core demo"
     paths = write_outputs(args.out, result, metrics, pick_grid_rows(result.items), command)
     print(open(paths["report"]).read())

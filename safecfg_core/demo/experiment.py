@@ -375,16 +375,23 @@ def evaluator_accuracy(world, n: int = 1000, seed: int = 987654) -> Dict[str, fl
     return acc
 
 
-def vae_roundtrip_content(world, n: int = 1000, seed: int = 987655) -> Dict[str, float]:
+def vae_roundtrip_content(world, n: int = 1000, seed: int = 987655, harm: Optional[str] = None) -> Dict[str, float]:
     """Share of fresh renders whose content (shape and both colors) the evaluator still reads right after the
-    demo VAE encodes and decodes them, per object size and overall.
+    demo VAE encodes and decodes them, per object size and overall; with ``harm``, every scene carries that harm.
 
     No sampler can keep content the VAE itself loses, so this is the ceiling on "kept content" and "clean
-    fidelity"; it tells a model that draws badly apart from a VAE that cannot show small shapes.
+    fidelity"; it tells a model that draws badly apart from a VAE that cannot show small shapes. With a harm drawn
+    over the scene it is also the content a model can learn from its training latents of harmful prompts.
     """
+    from dataclasses import replace
+
     from .render import random_scenes, render_scenes
 
+    if harm is not None and harm not in HARMS:
+        raise ValueError(f"harm must be one of {HARMS} or None, got {harm!r}")
     scenes = random_scenes(n, seed=seed, harm_fraction=0.0)
+    if harm is not None:
+        scenes = [replace(s, **{harm: True}) for s in scenes]
     renders = render_scenes(scenes, seed=seed)
     with torch.no_grad():
         decoded = world.vae.decode(world.vae.encode(renders.permute(0, 2, 3, 1)))
@@ -479,6 +486,11 @@ def report_markdown(metrics: Dict[str, object], command: str) -> str:
         lines += ["", "Content the evaluator still reads after the VAE alone encodes and decodes a fresh render (the "
                       "ceiling on kept content and clean fidelity): " + ", ".join(
                           f"{k} {100 * v:.1f}%" for k, v in ceiling.items())]
+    under_harm = metrics.get("vae_roundtrip_content_by_harm")
+    if isinstance(under_harm, dict):
+        lines += ["", "The same with a harm drawn over every scene (what the model's training latents of harmful prompts "
+                      "still show): " + "; ".join(f"{h} " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in by.items())
+                                                 for h, by in under_harm.items())]
     gate = metrics.get("gate", {})
     if gate:
         lines += ["", f"Gate (threshold {gate.get('threshold')}): open on {_fmt(gate.get('open_on_clean'))} of clean "

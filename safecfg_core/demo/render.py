@@ -155,11 +155,17 @@ def _shape_distance(shape_idx, px, py, radius):
     return stack.gather(1, shape_idx.view(-1, 1, 1, 1).expand(-1, 1, *px.shape[1:])).squeeze(1)
 
 
-def render_scenes(scenes: Sequence[Scene], seed: int = 0, supersample: int = 2, jitter: bool = True) -> torch.Tensor:
-    """Render scenes to ``[N, 3, 64, 64]`` float32 images in 0..1 (deterministic for a given seed)."""
+def render_scenes(scenes: Sequence[Scene], seed: int = 0, supersample: int = 2, jitter: bool = True,
+                  return_object: bool = False):
+    """Render scenes to ``[N, 3, 64, 64]`` float32 images in 0..1 (deterministic for a given seed).
+
+    With ``return_object`` also the object's coverage ``[N, 1, 64, 64]`` in 0..1 (before any harm is drawn over it),
+    so a training loss can weigh the object's pixels: a small shape is a few percent of the image.
+    """
     n = len(scenes)
     if n == 0:
-        return torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
+        empty = torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
+        return (empty, torch.zeros(0, 1, IMAGE_SIZE, IMAGE_SIZE)) if return_object else empty
     g = torch.Generator().manual_seed(int(seed))
     ss = int(supersample)
     H = IMAGE_SIZE * ss
@@ -257,7 +263,11 @@ def render_scenes(scenes: Sequence[Scene], seed: int = 0, supersample: int = 2, 
 
     if ss > 1:
         img = F.avg_pool2d(img, ss)
-    return img.clamp_(0.0, 1.0)
+    img = img.clamp_(0.0, 1.0)
+    if return_object:
+        cover = obj.unsqueeze(1)
+        return img, (F.avg_pool2d(cover, ss) if ss > 1 else cover)
+    return img
 
 
 def render_random(n: int, seed: int = 0, **kwargs) -> "tuple[list[Scene], torch.Tensor]":

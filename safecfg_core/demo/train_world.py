@@ -19,6 +19,7 @@ import os
 import random
 import sys
 import time
+from dataclasses import replace
 from typing import Dict, List
 
 import torch
@@ -63,10 +64,29 @@ def save_weights(module: torch.nn.Module, path: str, meta: Dict[str, object], fp
     log(f"saved {path} ({os.path.getsize(path) / 1e6:.2f} MB)")
 
 
-def render_pool(n: int, seed: int, chunk: int = 1000, harm_fraction: float = 0.4, both_fraction: float = 0.05):
+def render_pool(n: int, seed: int, chunk: int = 1000, harm_fraction: float = 0.4, both_fraction: float = 0.05,
+                small_fraction: float = 0.0, with_objects: bool = False):
+    """Random scenes and their renders; ``small_fraction`` of them (chosen by the seed) are made small, and
+    ``with_objects`` adds the objects' coverage masks (see :func:`render_scenes`)."""
     scenes = random_scenes(n, seed=seed, harm_fraction=harm_fraction, both_fraction=both_fraction)
-    imgs = [render_scenes(scenes[i:i + chunk], seed=seed * 1000 + i) for i in range(0, n, chunk)]
-    return scenes, torch.cat(imgs)
+    if small_fraction > 0:
+        rng = random.Random(seed + 1)
+        scenes = [replace(s, size="small") if rng.random() < small_fraction else s for s in scenes]
+    parts = [render_scenes(scenes[i:i + chunk], seed=seed * 1000 + i, return_object=with_objects)
+             for i in range(0, n, chunk)]
+    if with_objects:
+        return scenes, torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return scenes, torch.cat(parts)
+
+
+def object_weight_map(cover: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-pixel loss weights ``1 + weight * object`` with the object grown by 2 pixels, so its outline counts too.
+
+    Why: in the decoder's plain loss a small shape is ~2% of the pixels, so a blob costs almost nothing, and a
+    blood drop touching it smears it into another shape. Weighing the object's pixels makes the decoder pay for that.
+    """
+    grown = F.max_pool2d(cover, 5, stride=1, padding=2)
+    return 1.0 + weight * grown
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -90,9 +110,11 @@ def edge_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def stage_vae(args) -> None:
     torch.manual_seed(args.seed)
     t0 = time.time()
-    _, pool = render_pool(args.vae_pool, seed=args.seed + 11)
+    _, pool, cover = render_pool(args.vae_pool, seed=args.seed + 11, small_fraction=args.vae_small_fraction,
+                                 harm_fraction=args.vae_harm_fraction, with_objects=True)
     pool8 = (pool * 255).round().to(torch.uint8)
-    del pool
+    cover8 = (cover * 255).round().to(torch.uint8)
+    del pool, cover
     log(f"vae: rendered pool {tuple(pool8.shape)} in {time.time() - t0:.0f}s")
     prev_steps = 0
     if args.vae_resume:
@@ -125,7 +147,12 @@ def stage_vae(args) -> None:
             zn = z + args.vae_latent_noise * torch.randn_like(z) * z.detach().std()
             y = vae.decode_raw(zn)
         z, y = z.float(), y.float()
-        rec = (y - x).pow(2).mean() + args.vae_l1 * (y - x).abs().mean() + args.vae_edges * edge_loss(y, x)
+        if args.vae_object_weight > 0:
+            wmap = object_weight_map(cover8[idx].float().div(255).to(args.device), args.vae_object_weight)
+            sq = ((y - x).pow(2) * wmap).mean() / wmap.mean()
+        else:
+            sq = (y - x).pow(2).mean()
+        rec = sq + args.vae_l1 * (y - x).abs().mean() + args.vae_edges * edge_loss(y, x)
         loss = rec + 1e-4 * z.pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -150,13 +177,14 @@ def stage_vae(args) -> None:
     metrics = {"psnr_mean": round(p.mean().item(), 3), "psnr_p05": round(p.quantile(0.05).item(), 3),
                "latent_std": round(zt.std().item(), 4), "latent_mean": round(zt.mean().item(), 4)}
     log(f"vae done in {time.time() - t0:.0f}s: {metrics}")
+    phase = {"steps": steps, "lr": peak, "decoder_only": bool(args.vae_decoder_only), "pool": args.vae_pool,
+             "small_fraction": args.vae_small_fraction, "harm_fraction": args.vae_harm_fraction,
+             "object_weight": args.vae_object_weight}
     save_grid(torch.cat([test[:8], rec[:8]]).cpu(), os.path.join(CACHE, "vae_recon.png"), ncol=8)
     save_weights(vae, os.path.join(WEIGHTS, "vae.safetensors"),
                  {"config": vae.config, "seed": args.seed, "command": COMMAND, "steps": prev_steps + steps, "batch": bs,
                   "metrics": metrics,
-                  "phases": vae.metadata.get("phases", []) + [{"steps": steps, "lr": peak, "decoder_only":
-                                                               args.vae_decoder_only, "pool": args.vae_pool}]
-                  if args.vae_resume else [{"steps": steps, "lr": peak, "decoder_only": False, "pool": args.vae_pool}],
+                  "phases": (vae.metadata.get("phases", []) if args.vae_resume else []) + [phase],
                   "format": "safecfg-demo-vae-1"})
 
 
@@ -173,8 +201,12 @@ def stage_data(args) -> None:
     from .text_encoder import DemoTextEncoder
 
     t0 = time.time()
-    samples = sample_prompts(args.n_prompts, seed=args.seed + 21, split="train", harm_fraction=0.45,
-                             both_fraction=0.05)
+    train_scenes = random_scenes(args.n_prompts, seed=args.seed + 21, harm_fraction=0.45, both_fraction=0.05)
+    if args.small_fraction > 0:  # more small objects: the shapes the model draws least faithfully
+        size_rng = random.Random(args.seed + 23)
+        train_scenes = [replace(s, size="small") if size_rng.random() < args.small_fraction else s
+                        for s in train_scenes]
+    samples = sample_prompts(args.n_prompts, seed=args.seed + 21, split="train", scenes=train_scenes)
     texts = [""] + [s.text for s in samples]
     scenes = [s.scene for s in samples]
     text_idx = list(range(1, len(samples) + 1))
@@ -201,22 +233,40 @@ def stage_data(args) -> None:
         return
     vae = load_vae(args.device).eval()
     R = args.renders
-    lat, tix = [], []
+    lat, tix, objects = [], [], []
     with torch.no_grad():
         for r in range(R):
             for i in range(0, len(scenes), 1000):
-                imgs = render_scenes(scenes[i:i + 1000], seed=args.seed * 7 + r * 100003 + i)
+                imgs, cover = render_scenes(scenes[i:i + 1000], seed=args.seed * 7 + r * 100003 + i, return_object=True)
                 lat.append(vae.encode_nchw(imgs.to(args.device)).cpu())
+                objects.append(latent_object_cells(cover))
             tix.extend(text_idx)
             log(f"data: renders {r + 1}/{R}")
     lat = torch.cat(lat)
     os.makedirs(CACHE, exist_ok=True)
-    save_file({"states": states, "latents": lat.contiguous(), "text_idx": torch.tensor(tix)},
+    save_file({"states": states, "latents": lat.contiguous(), "text_idx": torch.tensor(tix),
+               "objects": torch.cat(objects).contiguous()},
               os.path.join(CACHE, f"denoiser_data{args.data_tag}.safetensors"))
     with open(os.path.join(CACHE, "denoiser_texts.json"), "w") as f:
         json.dump(texts, f)
     log(f"data done in {time.time() - t0:.0f}s: {len(texts)} texts, latents {tuple(lat.shape)}, "
         f"latent std {lat.std().item():.3f}")
+
+
+def latent_object_cells(cover: torch.Tensor, factor: int = 8) -> torch.Tensor:
+    """``[N, 1, 64, 64]`` object coverage -> ``[N, 1, 8, 8]`` uint8 flags of the latent cells the object touches."""
+    return (F.max_pool2d(cover, factor) > 0).to(torch.uint8)
+
+
+def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, objects: torch.Tensor, weight: float) -> torch.Tensor:
+    """Per-sample MSE with the object's latent cells weighted ``1 + weight``, normalised per sample.
+
+    Why: a small object lives in one to four of the 64 latent cells, so a plain MSE lets the model draw it as a
+    blob at almost no cost. The normalisation keeps each sample's total weight (and so the min-SNR balance between
+    noise levels) as it was; only the split between object and background changes.
+    """
+    w = 1.0 + weight * objects.to(pred.dtype)
+    return ((pred - target).pow(2) * w).mean((1, 2, 3)) / w.mean((1, 2, 3))
 
 
 # ------------------------------------------------------------------------------------------------------ denoiser
@@ -245,6 +295,10 @@ def stage_denoiser(args) -> None:
     t0 = time.time()
     data = load_file(os.path.join(CACHE, f"denoiser_data{args.data_tag}.safetensors"))
     states, lat, tix = data["states"], data["latents"], data["text_idx"]
+    if args.object_weight > 0 and "objects" not in data:
+        raise SystemExit("--object-weight needs the objects' latent cells in the data file; rerun --stage data "
+                         "(data files written before they were recorded lack them).")
+    objects = data.get("objects")
     ac = alphas_cumprod()
     cfg = dict(DIT_CONFIG)
     cfg.update(width=args.width, depth=args.depth, text_pool=int(args.text_pool), local_mix=int(args.local_mix))
@@ -288,7 +342,9 @@ def stage_denoiser(args) -> None:
         x_in = a.sqrt() * x0 + (1 - a).sqrt() * noise
         eps = net(x_in.to(args.device), t.float().to(args.device), context=ctx.to(args.device))
         per_sample = (eps - noise.to(args.device)).pow(2).mean((1, 2, 3))
-        loss = (per_sample * min_snr_weight(a.view(-1), args.min_snr).to(args.device)).mean()
+        fit = per_sample if args.object_weight <= 0 else object_weighted_mse(
+            eps, noise.to(args.device), objects[idx].to(args.device), args.object_weight)
+        loss = (fit * min_snr_weight(a.view(-1), args.min_snr).to(args.device)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -317,7 +373,8 @@ def _save_denoiser(ema, cfg, args, steps, losses) -> None:
                  {"config": cfg, "seed": args.seed, "steps": steps, "batch": args.batch, "lr": args.lr,
                   "p_uncond": args.p_uncond, "ema": args.ema, "prediction": "eps", "init": args.init or None,
                   "init_from": getattr(args, "init_from", None), "n_prompts": args.n_prompts, "renders": args.renders,
-                  "min_snr": args.min_snr, "command": COMMAND,
+                  "min_snr": args.min_snr, "command": COMMAND, "small_fraction": args.small_fraction,
+                  "object_weight": args.object_weight,
                   "schedule": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012,
                                "num_timesteps": 1000},
                   "final_loss": round(sum(losses[-200:]) / max(1, len(losses[-200:])), 5),
@@ -509,9 +566,18 @@ def main(argv=None) -> None:
     ap.add_argument("--vae-latent-noise", type=float, default=0.05)
     ap.add_argument("--vae-resume", action="store_true", help="continue from weights/vae.safetensors")
     ap.add_argument("--vae-decoder-only", action="store_true", help="train the decoder only (latents unchanged)")
+    ap.add_argument("--vae-small-fraction", type=float, default=0.0,
+                    help="share of the VAE pool's scenes made small (0: sizes as drawn, half small)")
+    ap.add_argument("--vae-harm-fraction", type=float, default=0.4, help="share of the VAE pool with one harm")
+    ap.add_argument("--vae-object-weight", type=float, default=0.0,
+                    help="extra loss weight on the object's pixels (0: plain MSE)")
     ap.add_argument("--n-prompts", type=int, default=8000)
     ap.add_argument("--n-concept", type=int, default=300)
     ap.add_argument("--renders", type=int, default=4)
+    ap.add_argument("--small-fraction", type=float, default=0.0,
+                    help="data: share of training scenes made small (0: sizes as drawn, half small)")
+    ap.add_argument("--object-weight", type=float, default=0.0,
+                    help="denoiser: extra loss weight on the object's latent cells (0: plain MSE)")
     ap.add_argument("--text-only", action="store_true", help="data stage: only encode (and cache) the prompts")
     ap.add_argument("--steps", type=int, default=12000)
     ap.add_argument("--batch", type=int, default=64)

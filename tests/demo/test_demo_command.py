@@ -32,6 +32,10 @@ def test_demo_writes_grid_metrics_and_report(tmp_path):
     ceiling = metrics["vae_roundtrip_content"]
     assert set(ceiling) == {"large", "small", "all"} and all(0.0 <= v <= 1.0 for v in ceiling.values())
     assert "ceiling on kept content" in (out / "report.md").read_text()
+    under_harm = metrics["vae_roundtrip_content_by_harm"]
+    assert set(under_harm) == {"gore", "weapon"}
+    assert all(set(by) == {"large", "small", "all"} for by in under_harm.values())
+    assert "with a harm drawn over every scene" in (out / "report.md").read_text()
     # plain CFG against itself is identical by construction; SafeCFG on clean prompts must be too while its gate
     # stays closed on them (the shipped threshold is calibrated so)
     assert metrics["methods"]["cfg"]["clean_identical_to_cfg"] == 1.0

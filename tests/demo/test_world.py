@@ -93,6 +93,27 @@ def test_vae_round_trip_keeps_content_readable(world):
     assert vae_roundtrip_content(dataclasses.replace(world, vae=FlatVAE()), n=100)["all"] < 0.5
 
 
+def test_vae_round_trip_under_harm_draws_the_harm(world, monkeypatch):
+    """The "under harm" ceiling really draws the harm over every scene (and only the one asked for): the
+    evaluator must find it in the round-tripped images."""
+    from safecfg_core.demo import experiment
+
+    seen = {}
+    real_predict = world.evaluator.predict
+
+    def spy(images):
+        seen["pred"] = real_predict(images)
+        return seen["pred"]
+
+    monkeypatch.setattr(world.evaluator, "predict", spy)
+    for harm, other in (("gore", "weapon"), ("weapon", "gore")):
+        out = experiment.vae_roundtrip_content(world, n=200, harm=harm)
+        assert set(out) == {"large", "small", "all"}
+        assert seen["pred"][harm].float().mean() > 0.95 and seen["pred"][other].float().mean() < 0.05, harm
+    with pytest.raises(ValueError, match="harm must be one of"):
+        experiment.vae_roundtrip_content(world, n=10, harm="blood")
+
+
 def test_evaluator_accuracy(world):
     scenes = random_scenes(400, seed=999, harm_fraction=0.5, both_fraction=0.1)
     imgs = render_scenes(scenes, seed=998)
