@@ -19,7 +19,6 @@ import os
 import random
 import sys
 import time
-from dataclasses import replace
 from typing import Dict, List
 
 import torch
@@ -29,7 +28,7 @@ from .denoiser import DEFAULT_CONFIG as DIT_CONFIG
 from .denoiser import DemoDiT
 from .evaluator import HEADS, DemoEvaluator
 from .prompts import CONCEPTS, sample_prompts
-from .render import labels_of, random_scenes, render_scenes, save_grid
+from .render import labels_of, make_some_small, random_scenes, render_scenes, save_grid
 from .vae import DemoVAE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,9 +68,7 @@ def render_pool(n: int, seed: int, chunk: int = 1000, harm_fraction: float = 0.4
     """Random scenes and their renders; ``small_fraction`` of them (chosen by the seed) are made small, and
     ``with_objects`` adds the objects' coverage masks (see :func:`render_scenes`)."""
     scenes = random_scenes(n, seed=seed, harm_fraction=harm_fraction, both_fraction=both_fraction)
-    if small_fraction > 0:
-        rng = random.Random(seed + 1)
-        scenes = [replace(s, size="small") if rng.random() < small_fraction else s for s in scenes]
+    scenes = make_some_small(scenes, small_fraction, seed=seed + 1)
     parts = [render_scenes(scenes[i:i + chunk], seed=seed * 1000 + i, return_object=with_objects)
              for i in range(0, n, chunk)]
     if with_objects:
@@ -202,10 +199,7 @@ def stage_data(args) -> None:
 
     t0 = time.time()
     train_scenes = random_scenes(args.n_prompts, seed=args.seed + 21, harm_fraction=0.45, both_fraction=0.05)
-    if args.small_fraction > 0:  # more small objects: the shapes the model draws least faithfully
-        size_rng = random.Random(args.seed + 23)
-        train_scenes = [replace(s, size="small") if size_rng.random() < args.small_fraction else s
-                        for s in train_scenes]
+    train_scenes = make_some_small(train_scenes, args.small_fraction, seed=args.seed + 23)
     samples = sample_prompts(args.n_prompts, seed=args.seed + 21, split="train", scenes=train_scenes)
     texts = [""] + [s.text for s in samples]
     scenes = [s.scene for s in samples]
