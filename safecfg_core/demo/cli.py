@@ -46,9 +46,9 @@ def build_items(per_kind: int, scene_seed: int):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .render import HARMS
     from .experiment import (evaluator_accuracy, load_world_and_hgr, measure, pick_grid_rows, run_experiment,
                              vae_roundtrip_content, write_outputs)
+    from .render import HARMS
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -334,10 +334,11 @@ def stage_denoiser(args) -> None:
         a = ac[t].view(bs, 1, 1, 1)
         noise = torch.randn(x0.shape, generator=g)
         x_in = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        noise = noise.to(args.device)  # once per step: both losses below compare against it
         eps = net(x_in.to(args.device), t.float().to(args.device), context=ctx.to(args.device))
-        per_sample = (eps - noise.to(args.device)).pow(2).mean((1, 2, 3))
+        per_sample = (eps - noise).pow(2).mean((1, 2, 3))
         fit = per_sample if args.object_weight <= 0 else object_weighted_mse(
-            eps, noise.to(args.device), objects[idx].to(args.device), args.object_weight)
+            eps, noise, objects[idx].to(args.device), args.object_weight)
         loss = (fit * min_snr_weight(a.view(-1), args.min_snr).to(args.device)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
