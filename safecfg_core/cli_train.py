@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from .errors import SafeCFGError, TrainingCancelled
 from .hgr import format_parameter_count
+from .train import parse_per_category
 
 COMMAND = "train"
 HELP = "train an HGR for a model (--model analytic: the built-in analytic toy) and save it as .safetensors"
@@ -32,9 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--clean-penalty", type=float, default=0.05)
-    p.add_argument("--target-gain", type=float, default=1.0,
-                   help="multiply harmful targets' offset from D(u): 1 = METHOD.md's target; g aims (g - 1) times the "
-                        "prompt-to-rewrite distance past a safe rewrite (the shipped demo HGR uses 4)")
+    p.add_argument("--target-gain", type=parse_per_category, default=1.0,
+                   help="multiply harmful targets' offset from D(u), one number or per category (gore=2,weapon=4): "
+                        "1 = METHOD.md's target; g aims (g - 1) times the prompt-to-rewrite distance past a safe rewrite")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint file (default: <out>.ckpt.safetensors); latents are cached next to it")
     p.add_argument("--checkpoint-every", type=int, default=100)

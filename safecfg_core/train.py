@@ -193,6 +193,49 @@ class PromptSet:
 # Config, progress, result
 
 
+PerCategory = Union[float, Dict[str, float]]
+"""A training setting given once for every harm category, or per category as ``{category: value}`` (every category
+of the prompt set named): categories can need different settings, e.g. a texture over the object (gore) against a
+separate object (a knife)."""
+
+
+def _check_per_category(name: str, value: PerCategory, low: float, high: float, note: str) -> None:
+    values = value.values() if isinstance(value, Mapping) else [value]
+    if isinstance(value, Mapping) and not value:
+        raise TrainingInputError(f"{name} is an empty mapping; give one number or a value per category.")
+    for v in values:
+        if not isinstance(v, (int, float)) or not (low <= float(v) <= high):
+            raise TrainingInputError(f"{name} must be in [{low:g}, {high:g}]{note}, got {value}.")
+
+
+def per_category_tensor(name: str, value: PerCategory, categories: Sequence[str]) -> torch.Tensor:
+    """``value`` as one float per category (in ``categories``' order); a mapping must name exactly these categories."""
+    if not isinstance(value, Mapping):
+        return torch.full((len(categories),), float(value))
+    missing, unknown = sorted(set(categories) - set(value)), sorted(set(value) - set(categories))
+    if missing or unknown:
+        raise TrainingInputError(
+            f"{name} is given per category but " + "; ".join(
+                part for part in (f"leaves out {missing}" if missing else "", f"names unknown {unknown}" if unknown else "")
+                if part) + f". The prompt set's categories are {list(categories)}: name each once, or give one number.")
+    return torch.tensor([float(value[c]) for c in categories])
+
+
+def parse_per_category(text: str) -> PerCategory:
+    """Command-line form of a :data:`PerCategory` setting: ``"4"`` or ``"gore=2,weapon=4"``."""
+    text = text.strip()
+    if "=" not in text:
+        return float(text)
+    out: Dict[str, float] = {}
+    for part in text.split(","):
+        key, sep, val = part.partition("=")
+        if not sep or not key.strip() or key.strip() in out:
+            raise ValueError(f"{text!r}: write one number, or category=number pairs separated by commas "
+                             "(e.g. gore=2,weapon=4), each category once")
+        out[key.strip()] = float(val)
+    return out
+
+
 @dataclass
 class TrainConfig:
     """Everything that shapes a training run. Fields marked *run-only* do not change the result."""
@@ -210,13 +253,14 @@ class TrainConfig:
     sigma_schedule: Optional[List[float]] = None  # if set, sigmas are drawn uniformly from these (the model's schedule)
     cfg_scale: float = 7.0          # guidance scale for safe-rewrite targets
     # share of harmful rows (those with a safe rewrite) noised from the rewrite's own samples: where SafeCFG's
-    # trajectory is meant to go, so the redirection is trained there too, not only on pictures that show the harm
-    rewrite_latent_fraction: float = 0.0
+    # trajectory is meant to go, so the redirection is trained there too, not only on pictures that show the harm.
+    # One number for every category, or a {category: number} mapping (see PerCategory).
+    rewrite_latent_fraction: PerCategory = 0.0
     # harmful targets' offset from D(u) is multiplied by this. 1 is METHOD.md's target. Why more: matching the
     # target at the harmful prompt's own latents does not carry the whole sampling trajectory there, so SafeCFG
     # lands short of the rewrite; with a gain g, SafeCFG on c aims at CFG(c_safe) - (g-1) * (CFG(c) - CFG(c_safe)),
-    # i.e. as far again past the rewrite, away from the harm, for g = 2.
-    target_gain: float = 1.0
+    # i.e. as far again past the rewrite, away from the harm, for g = 2. One number, or one per category.
+    target_gain: PerCategory = 1.0
     # identity of the frozen model (any string; the ComfyUI node passes a digest of its weights). It is part of the
     # run's fingerprint, and the latent cache only serves latents that this same model drew.
     model_id: str = ""
@@ -249,12 +293,8 @@ class TrainConfig:
             raise TrainingInputError("sigma_schedule must be a non-empty list of positive sigmas.")
         if self.checkpoint_every < 1:
             raise TrainingInputError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}.")
-        if not (0.0 <= self.rewrite_latent_fraction <= 1.0):
-            raise TrainingInputError(
-                f"rewrite_latent_fraction must be in [0, 1], got {self.rewrite_latent_fraction}.")
-        if not (1.0 <= self.target_gain <= 10.0):
-            raise TrainingInputError(
-                f"target_gain must be in [1, 10] (1 = METHOD.md's target), got {self.target_gain}.")
+        _check_per_category("rewrite_latent_fraction", self.rewrite_latent_fraction, 0.0, 1.0, "")
+        _check_per_category("target_gain", self.target_gain, 1.0, 10.0, " (1 = METHOD.md's target)")
         if self.autocast_dtype not in (None, "bf16", "fp16"):
             raise TrainingInputError(f"autocast_dtype must be None, 'bf16' or 'fp16', got {self.autocast_dtype!r}.")
         if not (0 < self.calibrate_fpr < 1):
@@ -581,7 +621,9 @@ def train_hgr(
     # -- latents (the model's own samples), cached ------------------------------------------------------------
     cache_path = Path(config.latent_cache_path) if config.latent_cache_path else (
         Path(str(config.checkpoint_path) + ".latents.safetensors") if config.checkpoint_path else None)
-    use_rewrite_latents = config.rewrite_latent_fraction > 0 and bool(rewrites)
+    rewrite_fraction_of = per_category_tensor("rewrite_latent_fraction", config.rewrite_latent_fraction, categories)
+    gain_of = per_category_tensor("target_gain", config.target_gain, categories)
+    use_rewrite_latents = bool((rewrite_fraction_of > 0).any()) and bool(rewrites)
     # rows 0..len(all_prompts)-1 stay aligned with c_all; rewrites that are not prompts already are appended
     known = set(all_prompts)
     latent_prompts = all_prompts + list(dict.fromkeys(r for r in (rewrites if use_rewrite_latents else [])
@@ -682,7 +724,7 @@ def train_hgr(
             rows = torch.cat([ci, n_clean + hi])
             lat_rows = rows.clone()
             if use_rewrite_latents:  # (draws nothing extra otherwise: old runs and checkpoints stay reproducible)
-                swap = (torch.rand(len(hi), generator=gen) < config.rewrite_latent_fraction) & (rewrite_lat_row[hi] >= 0)
+                swap = (torch.rand(len(hi), generator=gen) < rewrite_fraction_of[harm_cat[hi]]) & (rewrite_lat_row[hi] >= 0)
                 lat_rows[n_c_rows:][swap] = rewrite_lat_row[hi][swap]
             pick = (torch.rand(len(rows), generator=gen) * lat_counts[lat_rows]).long()
             x0 = lat_flat[(lat_offsets[lat_rows] + pick).to(device)]
@@ -725,8 +767,9 @@ def train_hgr(
                 w = config.cfg_scale
                 du_r = d_u[n_c_rows + withrw]
                 target[n_c_rows + withrw] = (du_r + w * (d_safe_c - du_r) - w * d_c) / (1.0 - w)
-            if config.target_gain != 1.0:
-                target[n_c_rows:] = d_u[n_c_rows:] + config.target_gain * (target[n_c_rows:] - d_u[n_c_rows:])
+            gain = gain_of[h_cat].to(device).view(-1, *([1] * len(latent_shape)))
+            if bool((gain != 1.0).any()):
+                target[n_c_rows:] = d_u[n_c_rows:] + gain * (target[n_c_rows:] - d_u[n_c_rows:])
 
             # ---- the one gradient pass: D(x, sigma, u + Delta) ----
             lr_now = _lr_at(step, config)
@@ -804,8 +847,11 @@ __all__ = [
     "TrainConfig",
     "TrainProgress",
     "TrainResult",
+    "PerCategory",
     "calibrate_threshold",
     "harm_scores",
+    "parse_per_category",
+    "per_category_tensor",
     "train_hgr",
     "training_fingerprint",
 ]

@@ -46,8 +46,8 @@ def build_items(per_kind: int, scene_seed: int):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .experiment import (evaluator_accuracy, load_world_and_hgr, measure, pick_grid_rows, run_experiment,
-                             vae_roundtrip_content, write_outputs)
+    from .experiment import (evaluator_accuracy, load_world_and_hgr, measure, pick_grid_rows, rewrite_reference,
+                             run_experiment, vae_roundtrip_content, write_outputs)
     from .render import HARMS
 
     if args.threads:
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     metrics["gate"]["threshold"] = bundle.meta.threshold
     metrics.update(evaluator_accuracy=acc, vae_roundtrip_content=vae_roundtrip_content(world),
                    vae_roundtrip_content_by_harm={h: vae_roundtrip_content(world, harm=h) for h in HARMS},
+                   rewrite_reference=rewrite_reference(world, bundle, items, seeds, cfg_scale=args.cfg, steps=args.steps),
                    cfg_scale=args.cfg, steps=args.steps, seconds=round(time.perf_counter() - t0, 1))
     command = "python -m safecfg_core demo " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "python -m safecfg_core demo"
     paths = write_outputs(args.out, result, metrics, pick_grid_rows(result.items), command)

@@ -48,6 +48,7 @@ class EvalItem:
     expect: Dict[str, str] = field(default_factory=dict)
     split: str = "train"
     size: Optional[str] = None  # the object's size where known (generated scenes): kept content is told by size
+    safe_text: Optional[str] = None  # a harmful prompt's own phrasing without the harm, where known (generated scenes)
 
     @property
     def harmful(self) -> bool:
@@ -61,7 +62,8 @@ def scene_content(scene) -> Dict[str, str]:
 
 def items_from_samples(samples) -> List[EvalItem]:
     """:class:`EvalItem` list from :class:`~safecfg_core.demo.prompts.PromptSample` objects (ground truth known)."""
-    return [EvalItem(s.text, tuple(s.harms), scene_content(s.scene), s.split, s.scene.size) for s in samples]
+    return [EvalItem(s.text, tuple(s.harms), scene_content(s.scene), s.split, s.scene.size,
+                     s.safe_text if s.harmful else None) for s in samples]
 
 
 _BACKGROUND_CUES = ("background", "backdrop", "canvas", "on", "against", "over")
@@ -246,6 +248,28 @@ def run_experiment(
             image_scores = per_row.view(n_items, n_seeds).mean(1)
     return ExperimentResult(list(items), list(seeds), images, cfg_latents, prompt_scores, image_scores, gate_open,
                             timing)
+
+
+def rewrite_reference(world, bundle: HGRBundle, items: Sequence[EvalItem], seeds: Sequence[int],
+                      cfg_scale: float = 6.0, steps: int = 20, scheduler: str = "normal") -> Dict[str, object]:
+    """Kept content of plain CFG on each harmful prompt's safe rewrite, with the same scenes and seeds.
+
+    This is what METHOD.md's rewrite target asks SafeCFG to draw, so it is the ceiling for a method that removes only
+    the harm: it tells the model's own limit (how well it draws these objects at all) apart from what the guidance
+    loses. Items without a known safe rewrite (prompt files) are left out; an empty dict if none has one.
+    """
+    harmful = [it for it in items if it.harmful and it.safe_text and it.expect]
+    if not harmful:
+        return {}
+    rewrites = [EvalItem(it.safe_text, (), it.expect, it.split, it.size) for it in harmful]  # type: ignore[arg-type]
+    result = run_experiment(world, bundle, rewrites, seeds, cfg_scale=cfg_scale, steps=steps, scheduler=scheduler,
+                            methods=("cfg",))
+    pred = world.evaluator.predict(result.images["cfg"])
+    n_seeds = len(seeds)
+    kept = [(it.size, _content_ok(pred, r, it.expect))
+            for i, it in enumerate(rewrites) for r in range(i * n_seeds, (i + 1) * n_seeds)]
+    by_size = {size: _rate([ok for s, ok in kept if s == size]) for size in sorted({s for s, _ in kept if s})}
+    return {"kept_content": _rate([ok for _, ok in kept]), "kept_content_by_size": by_size}
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -491,6 +515,12 @@ def report_markdown(metrics: Dict[str, object], command: str) -> str:
         lines += ["", "The same with a harm drawn over every scene (what the model's training latents of harmful prompts "
                       "still show): " + "; ".join(f"{h} " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in by.items())
                                                  for h, by in under_harm.items())]
+    reference = metrics.get("rewrite_reference")
+    if isinstance(reference, dict) and reference:
+        sizes = ", ".join(f"{k} {_fmt(v)}" for k, v in reference.get("kept_content_by_size", {}).items())
+        lines += ["", f"Plain CFG on each harmful prompt's safe rewrite (same scenes and seeds; what SafeCFG's rewrite target "
+                      f"asks it to draw, so the ceiling on its kept content): kept content {_fmt(reference['kept_content'])}"
+                      + (f" ({sizes})" if sizes else "")]
     gate = metrics.get("gate", {})
     if gate:
         lines += ["", f"Gate (threshold {gate.get('threshold')}): open on {_fmt(gate.get('open_on_clean'))} of clean "

@@ -17,7 +17,8 @@ import torch
 from ..analytic import AnalyticWorld
 from ..hgr import HGRConfig
 from ..sampling import CFGDenoise, noise_for_seeds, sample
-from ..train import HarmfulPrompt, PromptSet, TrainConfig, TrainProgress, calibrate_threshold, train_hgr
+from ..train import (HarmfulPrompt, PromptSet, TrainConfig, TrainProgress, calibrate_threshold, parse_per_category,
+                     train_hgr)
 from .prompts import CONCEPTS, sample_prompts
 from .world import HGR_PATH, load_demo_world
 
@@ -116,14 +117,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="train toward the safe rewrite of each harmful prompt instead of its concept text (the shipped HGR "
                              "was trained so: on the previous demo model it removed far more harm than the concept "
                              "target)")
-    parser.add_argument("--rewrite-latents", type=float, default=0.0,
+    parser.add_argument("--rewrite-latents", type=parse_per_category, default=0.0,
                         help="with --rewrites: share of harmful rows noised from the rewrite's own samples (where SafeCFG "
-                             "should lead), 0..1 (default 0: on the demo world 0.5 removed fewer weapons than 0; compare "
-                             "with `python -m safecfg_core demo --hgr FILE`, whose metrics break the harm down by category)")
-    parser.add_argument("--target-gain", type=float, default=1.0,
-                        help="multiply the harmful targets' offset from D(u) (1 = METHOD.md's target; g aims (g - 1) times the "
-                             "prompt-to-rewrite distance past the safe rewrite, away from the harm; the shipped HGR "
-                             "uses 4: see the README)")
+                             "should lead), 0..1, one number or per category (gore=1,weapon=0); default 0. The shipped "
+                             "HGR uses gore=1,weapon=0: see the README")
+    parser.add_argument("--target-gain", type=parse_per_category, default=1.0,
+                        help="multiply the harmful targets' offset from D(u), one number or per category (gore=2,weapon=4); "
+                             "1 = METHOD.md's target; g aims (g - 1) times the prompt-to-rewrite distance past the safe "
+                             "rewrite, away from the harm. The shipped HGR: see the README")
     parser.add_argument("--width", type=int, default=None, help="HGR width (default: the demo preset's)")
     parser.add_argument("--depth", type=int, default=None, help="HGR depth (default: the demo preset's)")
     args = parser.parse_args(argv)

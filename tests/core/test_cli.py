@@ -132,3 +132,12 @@ def test_train_target_gain_reaches_the_file_and_bad_values_are_explained(tmp_pat
                      "--out", str(tmp_path / "bad.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "target_gain must be in [1, 10]" in err and "0.5" in err, err
+    per_category = tmp_path / "pc.safetensors"
+    assert cli.main(["train", "--model", "analytic", "--steps", "5", "--target-gain", "violence=2,nudity=1",
+                     "--out", str(per_category)]) == 0
+    assert HGRBundle.load(per_category).meta.training["train_config"]["target_gain"] == {"violence": 2.0, "nudity": 1.0}
+    capsys.readouterr()
+    assert cli.main(["train", "--model", "analytic", "--steps", "5", "--target-gain", "gore=2",
+                     "--out", str(tmp_path / "bad2.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "leaves out ['nudity', 'violence']" in err and "names unknown ['gore']" in err, err

@@ -19,6 +19,8 @@ from safecfg_core.train import (
     TrainConfig,
     calibrate_threshold,
     harm_scores,
+    parse_per_category,
+    per_category_tensor,
     train_hgr,
 )
 
@@ -326,6 +328,36 @@ def test_target_gain_aims_past_the_rewrite(rewrite_run_gain_1) -> None:
     plain = rewrite_run_gain_1[2]
     assert _remaining_rewrite_distance(world, harm, plain.bundle, prompts, gain=2.0) >= 0.4
     assert res.bundle.meta.training["train_config"]["target_gain"] == 2.0
+
+
+def test_target_gain_per_category_aims_each_category_at_its_own_target(rewrite_run_gain_1) -> None:
+    """A ``{category: gain}`` mapping: violence prompts land past the rewrite (gain 2), nudity prompts on it (gain 1),
+    in one HGR; each category is told apart from the other's target, so a mix-up of categories fails."""
+    world, harm, res = _rewrite_run(0.0, [], target_gain={"violence": 2.0, "nudity": 1.0})
+    for category, gain, other in (("violence", 2.0, 1.0), ("nudity", 1.0, 2.0)):
+        mine = [h for h in harm if h.category == category]
+        prompts = [h.prompt for h in mine]
+        own = _remaining_rewrite_distance(world, mine, res.bundle, prompts, gain=gain)
+        print(f"{category}: remaining distance to its gain-{gain:g} target {own:.3f}")
+        assert own <= 0.3, category
+        if gain == 2.0:  # the gain-1 target is a third of the way back from the gain-2 one: clearly missed
+            assert _remaining_rewrite_distance(world, mine, res.bundle, prompts, gain=other) >= 0.4, category
+    assert res.bundle.meta.training["train_config"]["target_gain"] == {"violence": 2.0, "nudity": 1.0}
+
+
+def test_per_category_settings_are_checked_and_parsed() -> None:
+    assert parse_per_category("4") == 4.0 and parse_per_category(" gore=2, weapon=4 ") == {"gore": 2.0, "weapon": 4.0}
+    for bad in ("gore=2,gore=3", "=2", "gore"):
+        with pytest.raises(ValueError):
+            parse_per_category(bad)
+    with pytest.raises(TrainingInputError, match=r"target_gain must be in \[1, 10\]"):
+        TrainConfig(target_gain={"gore": 0.5}).validate()
+    with pytest.raises(TrainingInputError, match=r"rewrite_latent_fraction must be in \[0, 1\]"):
+        TrainConfig(rewrite_latent_fraction={"gore": 1.5}).validate()
+    assert torch.equal(per_category_tensor("target_gain", 3.0, ["a", "b"]), torch.tensor([3.0, 3.0]))
+    assert torch.equal(per_category_tensor("target_gain", {"b": 2.0, "a": 1.0}, ["a", "b"]), torch.tensor([1.0, 2.0]))
+    with pytest.raises(TrainingInputError, match=r"leaves out \['b'\].*names unknown \['c'\]"):
+        per_category_tensor("target_gain", {"a": 1.0, "c": 2.0}, ["a", "b"])
 
 
 def test_rewrite_latents_train_the_redirection_where_safecfg_goes(tmp_path: Path) -> None:

@@ -36,6 +36,9 @@ def test_demo_writes_grid_metrics_and_report(tmp_path):
     assert set(under_harm) == {"gore", "weapon"}
     assert all(set(by) == {"large", "small", "all"} for by in under_harm.values())
     assert "with a harm drawn over every scene" in (out / "report.md").read_text()
+    reference = metrics["rewrite_reference"]  # plain CFG on the safe rewrites: the ceiling on kept content
+    assert 0.0 <= reference["kept_content"] <= 1.0 and set(reference["kept_content_by_size"]) <= {"small", "large"}
+    assert "safe rewrite" in (out / "report.md").read_text()
     # plain CFG against itself is identical by construction; SafeCFG on clean prompts must be too while its gate
     # stays closed on them (the shipped threshold is calibrated so)
     assert metrics["methods"]["cfg"]["clean_identical_to_cfg"] == 1.0

@@ -131,3 +131,32 @@ def test_evaluator_accuracy(world):
     # ComfyUI IMAGE layout gives the same answer
     pred2 = world.evaluator.predict(imgs[:16].permute(0, 2, 3, 1))
     assert pred2["shape"] == pred["shape"][:16]
+
+
+def test_rewrite_reference_draws_each_safe_rewrite_with_plain_cfgs_noise(world, monkeypatch):
+    """The reference ceiling is plain CFG on the safe rewrite with the very noise the harmful prompt's row gets: its
+    images must equal plain CFG's images of the same text sampled as clean prompts, and its rate must be theirs."""
+    from safecfg_core.demo import experiment
+    from safecfg_core.demo.cli import build_items
+
+    clean = [it for it in build_items(3, scene_seed=31337) if not it.harmful and it.split == "train"]
+    harmful = [dataclasses.replace(it, text="bloody " + it.text, harms=("gore",), safe_text=it.text) for it in clean]
+    seeds = [0, 1]
+    bundle = experiment.load_world_and_hgr(None)[1]
+    direct = experiment.run_experiment(world, bundle, clean, seeds, steps=6, methods=("cfg",))
+    seen = {}
+    real_predict = world.evaluator.predict
+
+    def spy(images):
+        seen["images"] = images
+        return real_predict(images)
+
+    monkeypatch.setattr(world.evaluator, "predict", spy)
+    ref = experiment.rewrite_reference(world, bundle, harmful + clean, seeds, steps=6)
+    assert torch.equal(seen["images"], direct.images["cfg"])
+    pred = real_predict(direct.images["cfg"])
+    expected = [all(pred[k][r] == v for k, v in it.expect.items()) for i, it in enumerate(clean) for r in (2 * i, 2 * i + 1)]
+    assert ref["kept_content"] == sum(expected) / len(expected)
+    assert set(ref["kept_content_by_size"]) <= {"small", "large"}
+    # prompt files carry no rewrite: nothing to measure, and nothing is made up
+    assert experiment.rewrite_reference(world, bundle, [dataclasses.replace(h, safe_text=None) for h in harmful], seeds) == {}
