@@ -2,7 +2,7 @@
 
 The demo command measures this at full size (`docs/demo/`); here a small sample of fresh training-phrasing prompts
 (scene seeds the HGR never saw) keeps CI fast. Bounds are loose against what the demo measures (plain CFG draws the
-harm on 100% of training-phrasing prompts, SafeCFG on 3.1%), but they fail the gain-1 HGR shipped before
+harm on 100% of training-phrasing prompts, SafeCFG on 0.0%), but they fail the gain-1 HGR shipped before
 (commit 60ffb86), which left the harm on 14 of these 24 prompts; the shipped one leaves it on 1.
 """
 import pytest
