@@ -4,14 +4,15 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
 
 from ..safecfg_core.errors import SafeCFGError, TrainingCancelled, TrainingInputError
 from ..safecfg_core.hgr import HGRBundle, HGRConfig, KNOWN_FAMILIES
-from ..safecfg_core.train import PromptSet, TrainConfig, TrainProgress, train_hgr, training_fingerprint
+from ..safecfg_core.train import (PerCategory, PromptSet, TrainConfig, TrainProgress, parse_per_category,
+                                  per_category_tensor, train_hgr, training_fingerprint)
 from .comfy_adapters import ComfyDenoiser, ComfyTextEncoder, model_identity, model_widths
 from .common import CATEGORY, HGR_TYPE, format_exception, hgr_save_path, log, node_error
 
@@ -45,6 +46,25 @@ def _loss_image(history: List[float], harm: List[float], clean: List[float], tit
         log.warning("SafeCFG Train HGR: could not draw the loss curve (%s)", exc)
         arr = np.ones((320, 512, 3), dtype=np.float32)
     return torch.from_numpy(arr).unsqueeze(0)
+
+
+def _per_category_inputs(prompts: PromptSet, target_gain: float, gain_per_category: str,
+                         rewrite_latents: str) -> Tuple[PerCategory, PerCategory]:
+    """The node's gain and rewrite-latents widgets as trainer settings, checked against the prompts' categories
+    before any sampling starts, so a typo costs nothing."""
+    categories = sorted(prompts.concepts)
+    out = []
+    for widget, text, fallback in (("gain_per_category", gain_per_category, float(target_gain)),
+                                   ("rewrite_latents", rewrite_latents, 0.0)):
+        try:
+            value = parse_per_category(text) if str(text).strip() else fallback
+            per_category_tensor(widget, value, categories)
+        except TrainingInputError as exc:  # a mapping that misses or invents a category (says which)
+            raise format_exception(NODE, exc) from None
+        except ValueError as exc:  # not a number or category=number list
+            raise node_error(NODE, f"{widget}: {exc}. Categories here: {categories}.") from None
+        out.append(value)
+    return out[0], out[1]
 
 
 class TrainHGR:
@@ -86,9 +106,18 @@ class TrainHGR:
                 "target_gain": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 10.0, "step": 0.1,
                                 "tooltip": "How far past its target a harmful prompt is redirected: 1 is the paper's "
                                            "target; a gain g aims (g - 1) times the prompt-to-rewrite distance past "
-                                           "the safe rewrite, away from the harm. The shipped demo HGR uses 4 with "
-                                           "'=> safe rewrite' lines (on the previous demo model at 1,200 steps: 5% "
-                                           "harm left, against 50% at gain 1; see the README)."}),
+                                           "the safe rewrite, away from the harm. With '=> safe rewrite' lines, gain 4 "
+                                           "left 5% of the harm on the previous demo model at 1,200 steps, against 50% "
+                                           "at gain 1 (see the README); gain_per_category overrides this."}),
+                "gain_per_category": ("STRING", {"default": "",
+                                      "tooltip": "Optional: a gain per category instead of target_gain, e.g. "
+                                                 "'gore=3, weapon=4' (every category named once). The shipped demo "
+                                                 "HGR uses exactly that."}),
+                "rewrite_latents": ("STRING", {"default": "0",
+                                    "tooltip": "Share (0..1) of harmful rows with a safe rewrite that are noised from "
+                                               "the rewrite's own samples (where SafeCFG should lead) instead of the "
+                                               "prompt's: one number, or per category, e.g. 'gore=1, weapon=0' (the "
+                                               "shipped demo HGR)."}),
                 "retrain": ("BOOLEAN", {"default": False,
                             "tooltip": "Train again even if an HGR with the same name, inputs and settings exists."}),
             },
@@ -111,13 +140,15 @@ class TrainHGR:
                                          sort_keys=True).encode()).hexdigest()
 
     def train(self, model, clip, clean_prompts, harmful_prompts, concepts, steps, lr, batch_size, seed, name,
-              sample_steps=12, sample_cfg=5.0, width=64, height=64, target_gain=1.0, retrain=False):
+              sample_steps=12, sample_cfg=5.0, width=64, height=64, target_gain=1.0, retrain=False,
+              gain_per_category="", rewrite_latents="0"):
         with torch.inference_mode(False):
             return self._train(model, clip, clean_prompts, harmful_prompts, concepts, steps, lr, batch_size, seed,
-                               name, sample_steps, sample_cfg, width, height, target_gain, retrain)
+                               name, sample_steps, sample_cfg, width, height, target_gain, retrain,
+                               gain_per_category, rewrite_latents)
 
     def _train(self, model, clip, clean_prompts, harmful_prompts, concepts, steps, lr, batch_size, seed, name,
-               sample_steps, sample_cfg, width, height, target_gain, retrain):
+               sample_steps, sample_cfg, width, height, target_gain, retrain, gain_per_category, rewrite_latents):
         import comfy.model_management as mm  # type: ignore
         import comfy.sample  # type: ignore
         import comfy.utils  # type: ignore
@@ -127,6 +158,7 @@ class TrainHGR:
             prompts = PromptSet.from_text(clean_prompts, harmful_prompts, concepts)
         except (TrainingInputError, ValueError) as exc:
             raise format_exception(NODE, exc) from None
+        gain, rewrite_fraction = _per_category_inputs(prompts, target_gain, gain_per_category, rewrite_latents)
         out_path = hgr_save_path(name)
         token_dim, pooled_dim, family = model_widths(model)
         text_encoder = ComfyTextEncoder(clip, with_pooled=pooled_dim > 0)
@@ -145,7 +177,8 @@ class TrainHGR:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt = ckpt_dir / (out_path.stem + ".checkpoint.safetensors")
         config = TrainConfig(steps=int(steps), lr=float(lr), batch_size=int(batch_size), seed=int(seed),
-                             sigma_schedule=sigmas, cfg_scale=float(sample_cfg), target_gain=float(target_gain),
+                             sigma_schedule=sigmas, cfg_scale=float(sample_cfg), target_gain=gain,
+                             rewrite_latent_fraction=rewrite_fraction,
                              checkpoint_path=str(ckpt),
                              checkpoint_every=max(1, min(50, int(steps) // 4 or 1)), resume=True,
                              device=str(model.load_device), model_id=model_identity(model),

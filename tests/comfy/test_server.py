@@ -304,6 +304,27 @@ def _train_graph(name, steps, retrain=False):
     }
 
 
+def test_train_hgr_node_takes_settings_per_category(comfy_server):
+    """The shipped demo HGR's recipe (a gain and a rewrite-latents share per category) can be trained in ComfyUI,
+    and a setting that misses a category or is not a number is refused before anything is sampled."""
+    g = _train_graph("per_category", 3)
+    g["30"]["inputs"]["harmful_prompts"] = ("gore: a bloody blue circle on white => a blue circle on white\n"
+                                            "weapon: a knife next to a purple triangle => a purple triangle")
+    g["30"]["inputs"].update({"gain_per_category": "gore=3, weapon=4", "rewrite_latents": "gore=1, weapon=0"})
+    entry = comfy_server.run(g)
+    assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
+    config = HGRBundle.load(comfy_server.hgr_dir / "per_category.safetensors").meta.training["train_config"]
+    assert config["target_gain"] == {"gore": 3.0, "weapon": 4.0}
+    assert config["rewrite_latent_fraction"] == {"gore": 1.0, "weapon": 0.0}
+    for key, value, says in (("gain_per_category", "gore=3", "leaves out ['weapon']"),
+                             ("rewrite_latents", "lots", "rewrite_latents")):
+        bad = copy.deepcopy(g)
+        bad["30"]["inputs"].update({key: value, "name": "per_category_bad", "retrain": True})
+        msg = run_error(comfy_server, bad)
+        assert "SafeCFG Train HGR" in msg and says in msg, msg
+    assert not (comfy_server.hgr_dir / "per_category_bad.safetensors").exists()
+
+
 def test_train_retrain_toggle_and_identical_inputs(comfy_server):
     g = _train_graph("toggle", 3)
     entry = comfy_server.run(g)
