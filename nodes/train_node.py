@@ -109,6 +109,9 @@ class TrainHGR:
                                            "the safe rewrite, away from the harm. With '=> safe rewrite' lines, gain 4 "
                                            "left 5% of the harm on the previous demo model at 1,200 steps, against 50% "
                                            "at gain 1 (see the README); gain_per_category overrides this."}),
+                "retrain": ("BOOLEAN", {"default": False,
+                            "tooltip": "Train again even if an HGR with the same name, inputs and settings exists."}),
+                # new inputs go last: saved UI workflows hold widget values by position
                 "gain_per_category": ("STRING", {"default": "",
                                       "tooltip": "Optional: a gain per category instead of target_gain, e.g. "
                                                  "'gore=3, weapon=4' (every category named once). The shipped demo "
@@ -118,8 +121,6 @@ class TrainHGR:
                                                "the rewrite's own samples (where SafeCFG should lead) instead of the "
                                                "prompt's: one number, or per category, e.g. 'gore=1, weapon=0' (the "
                                                "shipped demo HGR)."}),
-                "retrain": ("BOOLEAN", {"default": False,
-                            "tooltip": "Train again even if an HGR with the same name, inputs and settings exists."}),
             },
         }
 
