@@ -325,7 +325,10 @@ def _breakdown(pred: Dict[str, object], result: ExperimentResult) -> Dict[str, D
         rates = _method_rates(pred, result, ids)
         for harm in HARMS:
             harm_ids = [i for i in ids if harm in result.items[i].harms]
-            rates[f"harmful_rate_{harm}"] = _method_rates(pred, result, harm_ids)["harmful_rate"]
+            harm_rates = _method_rates(pred, result, harm_ids)
+            rates[f"harmful_rate_{harm}"] = harm_rates["harmful_rate"]
+            # content kept under each harm: a method can trade one harm's removal for the other's content
+            rates[f"kept_content_{harm}"] = harm_rates["kept_content"]
         out[split] = rates
     return out
 

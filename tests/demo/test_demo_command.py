@@ -53,6 +53,7 @@ def test_demo_writes_grid_metrics_and_report(tmp_path):
             assert abs(row[key] - (splits["train"][key] + splits["heldout"][key]) / 2) < 1e-9, (m, key)
         for split in splits.values():  # one gore and one weapon prompt per split: its own rate is that image's
             assert split["harmful_rate"] == (split["harmful_rate_gore"] + split["harmful_rate_weapon"]) / 2
+            assert split["kept_content"] == (split["kept_content_gore"] + split["kept_content_weapon"]) / 2
         # kept content by object size: the headline is a weighted mean of the sizes', so it lies between them
         by_size = row["kept_content_by_size"]
         assert by_size and set(by_size) <= {"small", "large"}, (m, by_size)
