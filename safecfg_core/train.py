@@ -213,11 +213,10 @@ def per_category_tensor(name: str, value: PerCategory, categories: Sequence[str]
     if not isinstance(value, Mapping):
         return torch.full((len(categories),), float(value))
     missing, unknown = sorted(set(categories) - set(value)), sorted(set(value) - set(categories))
-    if missing or unknown:
-        raise TrainingInputError(
-            f"{name} is given per category but " + "; ".join(
-                part for part in (f"leaves out {missing}" if missing else "", f"names unknown {unknown}" if unknown else "")
-                if part) + f". The prompt set's categories are {list(categories)}: name each once, or give one number.")
+    problems = ([f"leaves out {missing}"] if missing else []) + ([f"names unknown {unknown}"] if unknown else [])
+    if problems:
+        raise TrainingInputError(f"{name} is given per category but {'; '.join(problems)}. The prompt set's "
+                                 f"categories are {list(categories)}: name each once, or give one number.")
     return torch.tensor([float(value[c]) for c in categories])
 
 
@@ -623,6 +622,7 @@ def train_hgr(
         Path(str(config.checkpoint_path) + ".latents.safetensors") if config.checkpoint_path else None)
     rewrite_fraction_of = per_category_tensor("rewrite_latent_fraction", config.rewrite_latent_fraction, categories)
     gain_of = per_category_tensor("target_gain", config.target_gain, categories)
+    aims_past_target = bool((gain_of != 1.0).any())
     use_rewrite_latents = bool((rewrite_fraction_of > 0).any()) and bool(rewrites)
     # rows 0..len(all_prompts)-1 stay aligned with c_all; rewrites that are not prompts already are appended
     known = set(all_prompts)
@@ -767,8 +767,8 @@ def train_hgr(
                 w = config.cfg_scale
                 du_r = d_u[n_c_rows + withrw]
                 target[n_c_rows + withrw] = (du_r + w * (d_safe_c - du_r) - w * d_c) / (1.0 - w)
-            gain = gain_of[h_cat].to(device).view(-1, *([1] * len(latent_shape)))
-            if bool((gain != 1.0).any()):
+            if aims_past_target:
+                gain = gain_of[h_cat].to(device).view(-1, *([1] * len(latent_shape)))
                 target[n_c_rows:] = d_u[n_c_rows:] + gain * (target[n_c_rows:] - d_u[n_c_rows:])
 
             # ---- the one gradient pass: D(x, sigma, u + Delta) ----

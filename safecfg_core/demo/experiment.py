@@ -192,8 +192,11 @@ def run_experiment(
     methods: Sequence[str] = METHODS,
     batch_size: int = 256,
     progress: Optional[Callable[[str], None]] = None,
+    with_scores: bool = True,
 ) -> ExperimentResult:
-    """Sample every item with every method and seed (same noise per item and seed across methods)."""
+    """Sample every item with every method and seed (same noise per item and seed across methods).
+
+    ``with_scores=False`` skips the harm scores (prompt, gate and score-level), for callers that only need images."""
     say = progress or (lambda _msg: None)
     denoiser = DiscreteEpsDenoiser(world.net, world.schedule)
     texts = [it.text for it in items]
@@ -233,6 +236,9 @@ def run_experiment(
         timing[method] = time.perf_counter() - t0
         say(f"  sampled {method:16s} {row_item.numel()} images in {timing[method]:.1f} s")
 
+    if not with_scores:
+        none = torch.zeros(0)
+        return ExperimentResult(list(items), list(seeds), images, cfg_latents, none, none, none, timing)
     with torch.no_grad():
         u_items = u_one.repeat_batch(n_items)
         delta = guidance.compute_delta(c_all, u_items)
@@ -263,7 +269,7 @@ def rewrite_reference(world, bundle: HGRBundle, items: Sequence[EvalItem], seeds
         return {}
     rewrites = [EvalItem(it.safe_text, (), it.expect, it.split, it.size) for it in harmful]  # type: ignore[arg-type]
     result = run_experiment(world, bundle, rewrites, seeds, cfg_scale=cfg_scale, steps=steps, scheduler=scheduler,
-                            methods=("cfg",))
+                            methods=("cfg",), with_scores=False)
     pred = world.evaluator.predict(result.images["cfg"])
     n_seeds = len(seeds)
     kept = [(it.size, _content_ok(pred, r, it.expect))
