@@ -58,8 +58,16 @@ def test_demo_writes_grid_metrics_and_report(tmp_path):
         by_size = row["kept_content_by_size"]
         assert by_size and set(by_size) <= {"small", "large"}, (m, by_size)
         assert min(by_size.values()) - 1e-9 <= row["kept_content"] <= max(by_size.values()) + 1e-9, (m, by_size)
+        # the same per harm: each harm's kept content (by_split, equal splits) lies between its sizes' rates
+        by_harm = row["kept_content_by_harm_and_size"]
+        assert set(by_harm) == {"gore", "weapon"}, (m, by_harm)
+        for harm, sized in by_harm.items():
+            assert sized and set(sized) <= set(by_size), (m, harm, sized)
+            kept_harm = sum(split[f"kept_content_{harm}"] for split in splits.values()) / len(splits)
+            assert min(sized.values()) - 1e-9 <= kept_harm <= max(sized.values()) + 1e-9, (m, harm, sized)
     assert "By phrasing split" in (out / "report.md").read_text()
     assert "Kept content by object size" in (out / "report.md").read_text()
+    assert "| plain CFG on the safe rewrites |" in (out / "report.md").read_text()
     png = (out / "grid.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| SafeCFG |" in (out / "report.md").read_text()

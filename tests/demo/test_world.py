@@ -158,5 +158,7 @@ def test_rewrite_reference_draws_each_safe_rewrite_with_plain_cfgs_noise(world, 
     expected = [all(pred[k][r] == v for k, v in it.expect.items()) for i, it in enumerate(clean) for r in (2 * i, 2 * i + 1)]
     assert ref["kept_content"] == sum(expected) / len(expected)
     assert set(ref["kept_content_by_size"]) <= {"small", "large"}
+    # every rewritten prompt here is a gore prompt: per harm, gore alone, with the same rates as in all
+    assert ref["kept_content_by_harm_and_size"] == {"gore": ref["kept_content_by_size"]}
     # prompt files carry no rewrite: nothing to measure, and nothing is made up
     assert experiment.rewrite_reference(world, bundle, [dataclasses.replace(h, safe_text=None) for h in harmful], seeds) == {}
