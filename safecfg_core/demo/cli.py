@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
     parser.add_argument("--cfg", type=float, default=6.0, help="CFG scale (default 6)")
     parser.add_argument("--steps", type=int, default=20, help="Euler steps (default 20)")
-    parser.add_argument("--scene-seed", type=int, default=20261123, help="seed of the evaluation scenes")
+    parser.add_argument("--scene-seed", type=int, default=20261123, help="seed of the evaluation scenes (one that would reuse the shipped weights' training scenes is refused)")
     parser.add_argument("--hgr", default=None, help="HGR file (default: the shipped demo HGR)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
@@ -31,11 +31,12 @@ def build_items(per_kind: int, scene_seed: int):
     from .experiment import items_from_samples
     from .prompts import sample_prompts
     from .render import random_scenes
+    from .scene_seeds import EVAL_KINDS, EVAL_SPLITS, evaluation_seed
 
     items = []
-    for split_no, split in enumerate(("train", "heldout")):
-        for kind_no, kind in enumerate(("clean", "gore", "weapon")):
-            seed = scene_seed + 100 * split_no + kind_no
+    for split_no, split in enumerate(EVAL_SPLITS):
+        for kind_no, kind in enumerate(EVAL_KINDS):
+            seed = evaluation_seed(scene_seed, split_no, kind_no)
             scenes = random_scenes(per_kind, seed=seed, harm_fraction=0.0)
             if kind != "clean":
                 scenes = [replace(s, **{kind: True}) for s in scenes]
@@ -49,7 +50,14 @@ def run(args: argparse.Namespace) -> int:
     from .experiment import (evaluator_accuracy, load_world_and_hgr, measure, pick_grid_rows, rewrite_reference,
                              run_experiment, vae_roundtrip_content, write_outputs)
     from .render import HARMS
+    from .scene_seeds import training_seeds_reused
 
+    reused = training_seeds_reused(args.scene_seed)
+    if reused:
+        print(f"error: --scene-seed {args.scene_seed} would draw scenes from seeds {reused}, which the shipped demo "
+              "weights were trained on, so the numbers would not be on fresh scenes. Pick another --scene-seed "
+              "(the default is 20261123; the README's second set is 777).", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

@@ -20,10 +20,12 @@ from ..sampling import CFGDenoise, noise_for_seeds, sample
 from ..train import (HarmfulPrompt, PromptSet, TrainConfig, TrainProgress, calibrate_threshold, parse_per_category,
                      train_hgr)
 from .prompts import CONCEPTS, sample_prompts
+from .scene_seeds import (HGR_CALIBRATION_CLEAN_OFFSET, HGR_CALIBRATION_HARMFUL_OFFSET, HGR_HARMFUL_OFFSET,
+                          HGR_SCENE_SEED)
 from .world import HGR_PATH, load_demo_world
 
 DEFAULT_CFG = 6.0
-TRAIN_SCENE_SEED = 4242
+TRAIN_SCENE_SEED = HGR_SCENE_SEED
 
 
 def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED,
@@ -40,9 +42,9 @@ def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED,
     from .render import random_scenes
 
     clean_samples = sample_prompts(n_clean, seed=seed, split="train", harm_fraction=0.0)
-    scenes = random_scenes(n_harmful, seed=seed + 1, harm_fraction=0.0)
+    scenes = random_scenes(n_harmful, seed=seed + HGR_HARMFUL_OFFSET, harm_fraction=0.0)
     scenes = [replace(s, **{("gore" if i % 2 == 0 else "weapon"): True}) for i, s in enumerate(scenes)]
-    harmful_samples = sample_prompts(n_harmful, seed=seed + 1, split="train", scenes=scenes)
+    harmful_samples = sample_prompts(n_harmful, seed=seed + HGR_HARMFUL_OFFSET, split="train", scenes=scenes)
     clean = list(dict.fromkeys([s.text for s in clean_samples] + [s.safe_text for s in harmful_samples]))
     harmful, seen = [], set()
     for s in harmful_samples:
@@ -157,8 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        sample_latents=lambda ps: sample_demo_latents(world, ps, DEFAULT_CFG), progress=progress)
     bundle = result.bundle
     # calibration on fresh clean prompts of the training phrasing (not the ones trained on)
-    fresh_clean = [s.text for s in sample_prompts(400, seed=TRAIN_SCENE_SEED + 7, split="train", harm_fraction=0.0)]
-    fresh_harm = training_prompts(0, 200, seed=TRAIN_SCENE_SEED + 9).harmful
+    fresh_clean = [s.text for s in sample_prompts(400, seed=TRAIN_SCENE_SEED + HGR_CALIBRATION_CLEAN_OFFSET, split="train", harm_fraction=0.0)]
+    fresh_harm = training_prompts(0, 200, seed=TRAIN_SCENE_SEED + HGR_CALIBRATION_HARMFUL_OFFSET).harmful
     cal = calibrate_threshold(bundle, world.text_encoder.encode, fresh_clean, fpr=0.01,
                               harmful_prompts=[h.prompt for h in fresh_harm])
     bundle.meta.training["wall_seconds"] = round(time.perf_counter() - t0, 1)

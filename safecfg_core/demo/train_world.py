@@ -29,6 +29,7 @@ from .denoiser import DemoDiT
 from .evaluator import HEADS, DemoEvaluator
 from .prompts import CONCEPTS, sample_prompts
 from .render import labels_of, make_some_small, random_scenes, render_scenes, save_grid
+from .scene_seeds import DENOISER_CONCEPT_OFFSET, DENOISER_PROMPTS_OFFSET, DENOISER_SMALL_OFFSET
 from .vae import DemoVAE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -198,9 +199,9 @@ def stage_data(args) -> None:
     from .text_encoder import DemoTextEncoder
 
     t0 = time.time()
-    train_scenes = random_scenes(args.n_prompts, seed=args.seed + 21, harm_fraction=0.45, both_fraction=0.05)
-    train_scenes = make_some_small(train_scenes, args.small_fraction, seed=args.seed + 23)
-    samples = sample_prompts(args.n_prompts, seed=args.seed + 21, split="train", scenes=train_scenes)
+    train_scenes = random_scenes(args.n_prompts, seed=args.seed + DENOISER_PROMPTS_OFFSET, harm_fraction=0.45, both_fraction=0.05)
+    train_scenes = make_some_small(train_scenes, args.small_fraction, seed=args.seed + DENOISER_SMALL_OFFSET)
+    samples = sample_prompts(args.n_prompts, seed=args.seed + DENOISER_PROMPTS_OFFSET, split="train", scenes=train_scenes)
     texts = [""] + [s.text for s in samples]
     scenes = [s.scene for s in samples]
     text_idx = list(range(1, len(samples) + 1))
@@ -208,7 +209,7 @@ def stage_data(args) -> None:
     rng = random.Random(args.seed + 22)
     for j, (harm, ctext) in enumerate(CONCEPTS.items()):
         texts.append(ctext)
-        for s in random_scenes(args.n_concept, seed=args.seed + 30 + j, harm_fraction=0.0):
+        for s in random_scenes(args.n_concept, seed=args.seed + DENOISER_CONCEPT_OFFSET + j, harm_fraction=0.0):
             scenes.append(s.__class__(s.shape, s.color, s.background, "large", "center",
                                       gore=harm == "gore", weapon=harm == "weapon"))
             text_idx.append(len(texts) - 1)

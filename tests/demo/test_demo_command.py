@@ -87,3 +87,30 @@ def test_eval_reports_malformed_lines_and_runs_a_file(tmp_path):
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert [p["harm"] for p in metrics["per_prompt"]] == [None, ["weapon"]]
     assert metrics["per_prompt"][0]["checked"] == {"shape": "circle", "color": "red", "background": "blue"}
+
+
+def test_demo_refuses_scene_seeds_the_weights_were_trained_on(tmp_path):
+    """4242 is the HGR's training scene seed; 4142's held-out clean scenes are seed 4242 too. Both would re-measure
+    training prompts, so the command stops before writing anything, and says which seeds and what to do."""
+    for scene_seed in ("4242", "4142"):
+        out = tmp_path / scene_seed
+        proc = _run("demo", "--out", str(out), "--scene-seed", scene_seed, "--prompts", "1", "--seeds", "1")
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "4242" in proc.stderr and "Pick another --scene-seed" in proc.stderr, proc.stderr
+        assert not out.exists()
+
+
+def test_scene_seed_registry_is_what_training_used():
+    """The registry the check reads must name the seeds the shipped weights really came from: the shipped HGR's
+    training prompts are those of the registry's HGR seed (same fingerprint), and the demo's two scene sets are fresh."""
+    from safecfg_core.demo import scene_seeds
+    from safecfg_core.demo.train_hgr import training_prompts
+    from safecfg_core.demo.world import HGR_PATH
+    from safecfg_core.hgr import HGRBundle
+
+    shipped = HGRBundle.load(HGR_PATH).meta.training
+    prompts = training_prompts(600, 600, seed=scene_seeds.HGR_SCENE_SEED, rewrites=True)
+    assert prompts.fingerprint() == shipped["prompt_set"]
+    assert scene_seeds.HGR_SCENE_SEED in scene_seeds.hgr_training_seeds()
+    assert scene_seeds.training_seeds_reused(20261123) == [] and scene_seeds.training_seeds_reused(777) == []
+    assert scene_seeds.training_seeds_reused(21) == [21, 23]  # the denoiser's prompts (and their small objects)
