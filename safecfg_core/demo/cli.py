@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
     parser.add_argument("--cfg", type=float, default=6.0, help="CFG scale (default 6)")
     parser.add_argument("--steps", type=int, default=20, help="Euler steps (default 20)")
-    parser.add_argument("--scene-seed", type=int, default=20261123, help="seed of the evaluation scenes (one that would reuse the shipped weights' training scenes is refused)")
+    parser.add_argument("--scene-seed", type=int, default=20261123,
+                        help="seed of the evaluation scenes (one that would reuse the shipped weights' training scenes "
+                             "is refused)")
     parser.add_argument("--hgr", default=None, help="HGR file (default: the shipped demo HGR)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
 
