@@ -260,6 +260,13 @@ class TrainConfig:
     # lands short of the rewrite; with a gain g, SafeCFG on c aims at CFG(c_safe) - (g-1) * (CFG(c) - CFG(c_safe)),
     # i.e. as far again past the rewrite, away from the harm, for g = 2. One number, or one per category.
     target_gain: PerCategory = 1.0
+    # Below ``low_sigma`` the sampler only refines detail (on the demo model, a small object's shape): there the
+    # harmful rows can use their own gain (``low_sigma_gain``; None = ``target_gain``; 1 = METHOD.md's target), so
+    # aiming past the rewrite to remove the harm does not also bend the object's outline, and can weigh more in the
+    # loss (``low_sigma_weight``). The defaults change nothing (and leave the run's fingerprint as it was).
+    low_sigma: float = 0.5
+    low_sigma_gain: Optional[PerCategory] = None
+    low_sigma_weight: float = 1.0
     # identity of the frozen model (any string; the ComfyUI node passes a digest of its weights). It is part of the
     # run's fingerprint, and the latent cache only serves latents that this same model drew.
     model_id: str = ""
@@ -294,6 +301,12 @@ class TrainConfig:
             raise TrainingInputError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}.")
         _check_per_category("rewrite_latent_fraction", self.rewrite_latent_fraction, 0.0, 1.0, "")
         _check_per_category("target_gain", self.target_gain, 1.0, 10.0, " (1 = METHOD.md's target)")
+        if self.low_sigma_gain is not None:
+            _check_per_category("low_sigma_gain", self.low_sigma_gain, 1.0, 10.0, " (1 = METHOD.md's target)")
+        if not (self.low_sigma > 0 and math.isfinite(self.low_sigma)):
+            raise TrainingInputError(f"low_sigma must be a positive number, got {self.low_sigma}.")
+        if not (self.low_sigma_weight > 0 and math.isfinite(self.low_sigma_weight)):
+            raise TrainingInputError(f"low_sigma_weight must be a positive number, got {self.low_sigma_weight}.")
         if self.autocast_dtype not in (None, "bf16", "fp16"):
             raise TrainingInputError(f"autocast_dtype must be None, 'bf16' or 'fp16', got {self.autocast_dtype!r}.")
         if not (0 < self.calibrate_fpr < 1):
@@ -302,8 +315,13 @@ class TrainConfig:
             raise TrainingInputError("cfg_scale must differ from 1 (safe-rewrite targets divide by 1 - cfg_scale).")
         return self
 
+    # fields added after HGRs were trained: left out of the fingerprint at their defaults, so those HGRs still match
+    _LATER_DEFAULTS = {"low_sigma": 0.5, "low_sigma_gain": None, "low_sigma_weight": 1.0}
+
     def result_fields(self) -> Dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._RUN_ONLY}
+        later_default = self.low_sigma_gain is None and self.low_sigma_weight == 1.0
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._RUN_ONLY
+                and not (later_default and f.name in self._LATER_DEFAULTS)}
 
 
 @dataclass
@@ -622,7 +640,9 @@ def train_hgr(
         Path(str(config.checkpoint_path) + ".latents.safetensors") if config.checkpoint_path else None)
     rewrite_fraction_of = per_category_tensor("rewrite_latent_fraction", config.rewrite_latent_fraction, categories)
     gain_of = per_category_tensor("target_gain", config.target_gain, categories)
-    aims_past_target = bool((gain_of != 1.0).any())
+    low_gain_of = (gain_of if config.low_sigma_gain is None
+                   else per_category_tensor("low_sigma_gain", config.low_sigma_gain, categories))
+    aims_past_target = bool((gain_of != 1.0).any() or (low_gain_of != 1.0).any())
     use_rewrite_latents = bool((rewrite_fraction_of > 0).any()) and bool(rewrites)
     # rows 0..len(all_prompts)-1 stay aligned with c_all; rewrites that are not prompts already are appended
     known = set(all_prompts)
@@ -768,7 +788,9 @@ def train_hgr(
                 du_r = d_u[n_c_rows + withrw]
                 target[n_c_rows + withrw] = (du_r + w * (d_safe_c - du_r) - w * d_c) / (1.0 - w)
             if aims_past_target:
-                gain = gain_of[h_cat].to(device).view(-1, *([1] * len(latent_shape)))
+                low = (sigma[n_c_rows:] < config.low_sigma).cpu()
+                gain = torch.where(low, low_gain_of[h_cat], gain_of[h_cat])
+                gain = gain.to(device).view(-1, *([1] * len(latent_shape)))
                 target[n_c_rows:] = d_u[n_c_rows:] + gain * (target[n_c_rows:] - d_u[n_c_rows:])
 
             # ---- the one gradient pass: D(x, sigma, u + Delta) ----
@@ -784,7 +806,11 @@ def train_hgr(
             pred = denoise(x, sigma, u_star)
             err = (pred - target).pow(2).flatten(1).sum(1)
             scale_h = (target[n_c_rows:] - d_u[n_c_rows:]).pow(2).flatten(1).sum(1).clamp_min(1e-12)
-            harm_loss = (err[n_c_rows:] / scale_h).mean()
+            if config.low_sigma_weight != 1.0:
+                row_w = torch.where(sigma[n_c_rows:] < config.low_sigma, config.low_sigma_weight, 1.0)
+                harm_loss = (row_w * err[n_c_rows:] / scale_h).sum() / row_w.sum()
+            else:
+                harm_loss = (err[n_c_rows:] / scale_h).mean()
             clean_loss = (err[:n_c_rows] / scale_h.mean()).mean()
             pen_rows = delta_t[:n_c_rows].pow(2).mean()
             if delta.pooled is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -260,7 +261,7 @@ def test_denoiser_is_frozen_and_restored(tmp_path: Path) -> None:
     assert den.gain.requires_grad and den.training  # and its state is as it was
 
 
-def _rewrite_run(fraction: float, sampled: list, target_gain: float = 1.0):
+def _rewrite_run(fraction: float, sampled: list, target_gain: float = 1.0, **config: Any):
     """Train with a safe rewrite per harmful prompt; ``sampled`` collects every prompt whose latents were drawn.
     Returns the world, the harmful prompts and the result."""
     world = load_analytic_world()
@@ -276,22 +277,22 @@ def _rewrite_run(fraction: float, sampled: list, target_gain: float = 1.0):
 
     res = train_hgr(world.text_encoder, world.denoiser, ps,
                     TrainConfig(steps=150, batch_size=12, cfg_scale=W, rewrite_latent_fraction=fraction,
-                                target_gain=target_gain),
+                                target_gain=target_gain, **config),
                     world.hgr_config, sample_latents=sample_latents)
     return world, harm, res
 
 
-def _remaining_rewrite_distance(world, harm, bundle, latent_prompts, gain: float = 1.0) -> float:
+def _remaining_rewrite_distance(world, harm, bundle, latent_prompts, gain: float = 1.0, sigma: float = 2.0) -> float:
     """How far SafeCFG on the harmful prompts stays from CFG on their rewrites (1 = untrained, 0 = exact), at
-    sigma 2 around the samples of ``latent_prompts``. With ``gain`` g the aim is past the rewrite, away from the
+    ``sigma`` (default 2) around the samples of ``latent_prompts``. With ``gain`` g the aim is past the rewrite, away from the
     harmful prompt: ``CFG(c_safe) - (g - 1) * (CFG(c) - CFG(c_safe))``."""
     enc, den = world.text_encoder, world.denoiser
     prompts = [h.prompt for h in harm]
     c, u, c_safe = enc(prompts), enc([""] * len(prompts)), enc([h.rewrite for h in harm])
     u_star = SafeGuidance(bundle, GateConfig(mode="always")).redirected_negative(c, u).u_star
-    x = world.sample_latents(latent_prompts) + 2.0 * torch.randn(len(prompts), 4, 8, 8,
-                                                                 generator=torch.Generator().manual_seed(1))
-    s = torch.full((len(prompts),), 2.0)
+    x = world.sample_latents(latent_prompts) + sigma * torch.randn(len(prompts), 4, 8, 8,
+                                                                   generator=torch.Generator().manual_seed(1))
+    s = torch.full((len(prompts),), sigma)
     d_c, d_u = den(x, s, c), den(x, s, u)
     cfg_safe, cfg_c = cfg_combine(den(x, s, c_safe), d_u, W), cfg_combine(d_c, d_u, W)
     target = cfg_safe - (gain - 1.0) * (cfg_c - cfg_safe)
@@ -343,6 +344,29 @@ def test_target_gain_per_category_aims_each_category_at_its_own_target(rewrite_r
         if gain == 2.0:  # the gain-1 target is a third of the way back from the gain-2 one: clearly missed
             assert _remaining_rewrite_distance(world, mine, res.bundle, prompts, gain=other) >= 0.4, category
     assert res.bundle.meta.training["train_config"]["target_gain"] == {"violence": 2.0, "nudity": 1.0}
+
+
+def test_low_sigma_gain_replaces_the_gain_below_low_sigma(rewrite_run_gain_1) -> None:
+    """``low_sigma_gain`` 1 under a ``low_sigma`` above every training sigma: every row is "low", so the gain-2 run
+    lands on the rewrite (METHOD.md's target) and not past it, like the gain-1 run; with ``low_sigma`` under every
+    training sigma it changes nothing (the gain-2 HGR, bit for bit)."""
+    world, harm, res = _rewrite_run(0.0, [], target_gain=2.0, low_sigma_gain=1.0, low_sigma=100.0)
+    prompts = [h.prompt for h in harm]
+    on_rewrite = _remaining_rewrite_distance(world, harm, res.bundle, prompts, gain=1.0)
+    past_it = _remaining_rewrite_distance(world, harm, res.bundle, prompts, gain=2.0)
+    print(f"low-sigma gain 1 everywhere: to the rewrite {on_rewrite:.3f}, to the gain-2 target {past_it:.3f}")
+    assert on_rewrite <= 0.3 and past_it >= 0.4
+    assert res.bundle.meta.training["train_config"]["low_sigma_gain"] == 1.0
+    _, _, never = _rewrite_run(0.0, [], target_gain=2.0, low_sigma_gain=1.0, low_sigma=0.01)
+    _, _, gain_2 = _rewrite_run(0.0, [], target_gain=2.0)
+    assert all(torch.equal(a, b) for a, b in zip(never.bundle.net.state_dict().values(), gain_2.bundle.net.state_dict().values()))
+
+
+def test_fields_added_later_leave_old_fingerprints_alone() -> None:
+    """At their defaults the low-sigma fields stay out of the fingerprint (HGRs trained before them still match);
+    set, they are part of it."""
+    assert not {"low_sigma", "low_sigma_gain", "low_sigma_weight"} & set(TrainConfig().result_fields())
+    assert {"low_sigma", "low_sigma_gain", "low_sigma_weight"} <= set(TrainConfig(low_sigma_weight=2.0).result_fields())
 
 
 def test_per_category_settings_are_checked_and_parsed() -> None:
@@ -458,7 +482,8 @@ def test_prompt_file_and_dict_errors(tmp_path: Path) -> None:
     (dict(steps=0), "steps"), (dict(batch_size=1), "batch_size"), (dict(lr=-1.0), "lr"),
     (dict(sigma_min=2.0, sigma_max=1.0), "sigma_min"), (dict(sigma_schedule=[]), "sigma_schedule"),
     (dict(autocast_dtype="fp8"), "autocast_dtype"), (dict(cfg_scale=1.0), "cfg_scale"),
-    (dict(target_gain=0.5), "target_gain"),
+    (dict(target_gain=0.5), "target_gain"), (dict(low_sigma_gain={"gore": 0.5}), "low_sigma_gain"),
+    (dict(low_sigma=0.0), "low_sigma"), (dict(low_sigma_weight=float("nan")), "low_sigma_weight"),
 ])
 def test_train_config_errors(kwargs, needle) -> None:
     with pytest.raises(TrainingInputError, match=needle):
