@@ -262,11 +262,10 @@ class TrainConfig:
     target_gain: PerCategory = 1.0
     # Below ``low_sigma`` the sampler only refines detail (on the demo model, a small object's shape): there the
     # harmful rows can use their own gain (``low_sigma_gain``; None = ``target_gain``; 1 = METHOD.md's target), so
-    # aiming past the rewrite to remove the harm does not also bend the object's outline, and can weigh more in the
-    # loss (``low_sigma_weight``). The defaults change nothing (and leave the run's fingerprint as it was).
+    # aiming past the rewrite to remove the harm does not also bend the object's outline. The default changes
+    # nothing (and leaves the run's fingerprint as it was).
     low_sigma: float = 0.5
     low_sigma_gain: Optional[PerCategory] = None
-    low_sigma_weight: float = 1.0
     # identity of the frozen model (any string; the ComfyUI node passes a digest of its weights). It is part of the
     # run's fingerprint, and the latent cache only serves latents that this same model drew.
     model_id: str = ""
@@ -305,8 +304,6 @@ class TrainConfig:
             _check_per_category("low_sigma_gain", self.low_sigma_gain, 1.0, 10.0, " (1 = METHOD.md's target)")
         if not (self.low_sigma > 0 and math.isfinite(self.low_sigma)):
             raise TrainingInputError(f"low_sigma must be a positive number, got {self.low_sigma}.")
-        if not (self.low_sigma_weight > 0 and math.isfinite(self.low_sigma_weight)):
-            raise TrainingInputError(f"low_sigma_weight must be a positive number, got {self.low_sigma_weight}.")
         if self.autocast_dtype not in (None, "bf16", "fp16"):
             raise TrainingInputError(f"autocast_dtype must be None, 'bf16' or 'fp16', got {self.autocast_dtype!r}.")
         if not (0 < self.calibrate_fpr < 1):
@@ -316,10 +313,10 @@ class TrainConfig:
         return self
 
     # fields added after HGRs were trained: left out of the fingerprint at their defaults, so those HGRs still match
-    _LATER_DEFAULTS = {"low_sigma": 0.5, "low_sigma_gain": None, "low_sigma_weight": 1.0}
+    _LATER_DEFAULTS = ("low_sigma", "low_sigma_gain")
 
     def result_fields(self) -> Dict[str, Any]:
-        later_default = self.low_sigma_gain is None and self.low_sigma_weight == 1.0
+        later_default = self.low_sigma_gain is None
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._RUN_ONLY
                 and not (later_default and f.name in self._LATER_DEFAULTS)}
 
@@ -806,11 +803,7 @@ def train_hgr(
             pred = denoise(x, sigma, u_star)
             err = (pred - target).pow(2).flatten(1).sum(1)
             scale_h = (target[n_c_rows:] - d_u[n_c_rows:]).pow(2).flatten(1).sum(1).clamp_min(1e-12)
-            if config.low_sigma_weight != 1.0:
-                row_w = torch.where(sigma[n_c_rows:] < config.low_sigma, config.low_sigma_weight, 1.0)
-                harm_loss = (row_w * err[n_c_rows:] / scale_h).sum() / row_w.sum()
-            else:
-                harm_loss = (err[n_c_rows:] / scale_h).mean()
+            harm_loss = (err[n_c_rows:] / scale_h).mean()
             clean_loss = (err[:n_c_rows] / scale_h.mean()).mean()
             pen_rows = delta_t[:n_c_rows].pow(2).mean()
             if delta.pooled is not None:

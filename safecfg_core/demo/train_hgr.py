@@ -128,12 +128,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "1 = METHOD.md's target; g aims (g - 1) times the prompt-to-rewrite distance past the safe "
                              "rewrite, away from the harm. The shipped HGR: see the README")
     parser.add_argument("--low-sigma", type=float, default=0.5,
-                        help="noise level below which --low-sigma-gain and --low-sigma-weight apply (default 0.5)")
+                        help="noise level below which --low-sigma-gain applies (default 0.5)")
     parser.add_argument("--low-sigma-gain", type=parse_per_category, default=None,
                         help="target gain for rows noised below --low-sigma, one number or per category (default: "
                              "--target-gain's); 1 = METHOD.md's target there")
-    parser.add_argument("--low-sigma-weight", type=float, default=1.0,
-                        help="loss weight of harmful rows noised below --low-sigma (default 1)")
     parser.add_argument("--width", type=int, default=None, help="HGR width (default: the demo preset's)")
     parser.add_argument("--depth", type=int, default=None, help="HGR depth (default: the demo preset's)")
     args = parser.parse_args(argv)
@@ -147,7 +145,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed, cfg_scale=DEFAULT_CFG,
         clean_penalty=args.clean_penalty, rewrite_latent_fraction=args.rewrite_latents,
         target_gain=args.target_gain, low_sigma=args.low_sigma, low_sigma_gain=args.low_sigma_gain,
-        low_sigma_weight=args.low_sigma_weight,
         sigma_schedule=[float(s) for s in world.schedule.sigmas], checkpoint_path=args.checkpoint,
         checkpoint_every=100, resume=args.resume, latent_batch_size=256,
         model_id=denoiser_digest(),

@@ -363,10 +363,10 @@ def test_low_sigma_gain_replaces_the_gain_below_low_sigma(rewrite_run_gain_1) ->
 
 
 def test_fields_added_later_leave_old_fingerprints_alone() -> None:
-    """At their defaults the low-sigma fields stay out of the fingerprint (HGRs trained before them still match);
-    set, they are part of it."""
-    assert not {"low_sigma", "low_sigma_gain", "low_sigma_weight"} & set(TrainConfig().result_fields())
-    assert {"low_sigma", "low_sigma_gain", "low_sigma_weight"} <= set(TrainConfig(low_sigma_weight=2.0).result_fields())
+    """At its default the low-sigma gain stays out of the fingerprint (HGRs trained before it still match); set, it
+    and its noise level are part of it."""
+    assert not {"low_sigma", "low_sigma_gain"} & set(TrainConfig().result_fields())
+    assert {"low_sigma", "low_sigma_gain"} <= set(TrainConfig(low_sigma_gain=1.0).result_fields())
 
 
 def test_per_category_settings_are_checked_and_parsed() -> None:
@@ -483,7 +483,7 @@ def test_prompt_file_and_dict_errors(tmp_path: Path) -> None:
     (dict(sigma_min=2.0, sigma_max=1.0), "sigma_min"), (dict(sigma_schedule=[]), "sigma_schedule"),
     (dict(autocast_dtype="fp8"), "autocast_dtype"), (dict(cfg_scale=1.0), "cfg_scale"),
     (dict(target_gain=0.5), "target_gain"), (dict(low_sigma_gain={"gore": 0.5}), "low_sigma_gain"),
-    (dict(low_sigma=0.0), "low_sigma"), (dict(low_sigma_weight=float("nan")), "low_sigma_weight"),
+    (dict(low_sigma=0.0), "low_sigma"),
 ])
 def test_train_config_errors(kwargs, needle) -> None:
     with pytest.raises(TrainingInputError, match=needle):
