@@ -52,13 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from .experiment import (evaluator_accuracy, load_world_and_hgr, measure, pick_grid_rows, rewrite_reference,
                              run_experiment, vae_roundtrip_content, write_outputs)
     from .render import HARMS
-    from .scene_seeds import training_seeds_reused
+    from .scene_seeds import fresh_scene_seed_error
 
-    reused = training_seeds_reused(args.scene_seed)
-    if reused:
-        print(f"error: --scene-seed {args.scene_seed} would draw scenes from seeds {reused}, which the shipped demo "
-              "weights were trained on, so the numbers would not be on fresh scenes. Pick another --scene-seed "
-              "(the default is 20261123; the README's second set is 777).", file=sys.stderr)
+    refused = fresh_scene_seed_error(args.scene_seed)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

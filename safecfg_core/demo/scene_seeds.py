@@ -8,7 +8,7 @@ evaluation seed that lands on one of them.
 """
 from __future__ import annotations
 
-from typing import FrozenSet, List
+from typing import FrozenSet, List, Optional
 
 # the seed ``train_world --seed`` had for the shipped weights (their metadata records it)
 WORLD_SEED = 0
@@ -55,3 +55,13 @@ def training_seeds_reused(scene_seed: int) -> List[int]:
     """The seeds an evaluation with ``scene_seed`` would share with the shipped weights' training (empty if none)."""
     used = denoiser_training_seeds() | hgr_training_seeds()
     return sorted(set(evaluation_seeds(scene_seed)) & used)
+
+
+def fresh_scene_seed_error(scene_seed: int) -> Optional[str]:
+    """Why ``scene_seed`` may not be used for measuring (it reuses training scenes), or None if it is fresh."""
+    reused = training_seeds_reused(scene_seed)
+    if not reused:
+        return None
+    return (f"--scene-seed {scene_seed} would draw scenes from seeds {reused}, which the shipped demo weights were "
+            "trained on, so the numbers would not be on fresh scenes. Pick another --scene-seed (the default is "
+            "20261123; the README's other sets are 777 and 90210).")

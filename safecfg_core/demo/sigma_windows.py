@@ -1,0 +1,127 @@
+"""Where along the trajectory SafeCFG loses content: ``python -m safecfg_core.demo.sigma_windows``.
+
+Samples every harmful demo prompt with SafeCFG, except that inside one window of noise levels the sampler takes
+plain CFG on the prompt's safe rewrite instead (METHOD.md's rewrite target, which the HGR is trained toward). A
+window whose substitution brings back much kept content is where the HGR's redirection, one ``u*`` for every step,
+bends the object; the window "all" is plain CFG on the rewrites (the ceiling), "none" is SafeCFG itself. This is
+what showed that the steps below sigma 0.5 cost the demo's small objects their shape, and why the trainer has
+``--low-sigma-gain``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ..guidance import GateConfig, SafeGuidance
+from ..sampling import CFGDenoise, DiscreteEpsDenoiser, SafeCFGDenoise, noise_for_seeds, sample_euler
+from ..schedules import get_sigmas
+
+Window = Tuple[str, float, float]  # name, lowest sigma (inclusive), highest sigma (exclusive)
+
+
+def windows_from_edges(edges: Sequence[float]) -> List[Window]:
+    """"none", "all", then one window between each pair of neighbouring edges (0 and infinity added)."""
+    cuts = sorted(float(e) for e in edges)
+    if any(c <= 0 for c in cuts) or len(set(cuts)) != len(cuts):
+        raise ValueError(f"window edges must be distinct positive noise levels, got {list(edges)}")
+    bounds = [0.0, *cuts, float("inf")]
+    return [("none", float("inf"), float("inf")), ("all", 0.0, float("inf"))] + [
+        (f"[{lo:g}, {hi:g})", lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
+def substitute_in_window(safe: Callable, reference: Callable, low: float, high: float) -> Callable:
+    """A denoiser that is ``reference`` for sigmas in ``[low, high)`` and ``safe`` elsewhere (one sigma per call)."""
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        level = float(torch.as_tensor(sigma).flatten()[0])
+        return reference(x, sigma) if low <= level < high else safe(x, sigma)
+    return denoise
+
+
+def run_windows(world, bundle, items, seeds: Sequence[int], windows: Sequence[Window], cfg_scale: float = 6.0,
+                steps: int = 20, scheduler: str = "normal",
+                progress: Optional[Callable[[str], None]] = None) -> List[Dict[str, object]]:
+    """Harmful rate and kept content (overall and per harm and object size) of SafeCFG with the rewrite target
+    substituted in each window. ``items``: harmful items with a safe rewrite (others are left out)."""
+    from .experiment import ExperimentResult, _method_rates
+    from .render import HARMS
+
+    items = [it for it in items if it.harmful and it.safe_text and it.expect]
+    if not items:
+        raise ValueError("no harmful prompts with a safe rewrite to measure")
+    n_seeds = len(seeds)
+    rows = torch.arange(len(items)).repeat_interleave(n_seeds)
+    encode = world.text_encoder.encode
+    c = encode([items[i].text for i in rows.tolist()])
+    c_safe = encode([items[i].safe_text for i in rows.tolist()])
+    u = encode([""]).repeat_batch(len(rows))
+    denoiser = DiscreteEpsDenoiser(world.net, world.schedule)
+    safe = SafeCFGDenoise(denoiser, c, u, cfg_scale, SafeGuidance(bundle, GateConfig()))
+    reference = CFGDenoise(denoiser, c_safe, u, cfg_scale)
+    sigmas = get_sigmas(world.schedule, scheduler, steps)
+    noise = noise_for_seeds((4, 8, 8), [int(seeds[r % n_seeds]) for r in range(len(rows))])
+    start = world.schedule.noise_scaling(sigmas[0], noise, torch.zeros_like(noise), world.schedule.is_max_denoise(sigmas))
+    shell = ExperimentResult(items, list(seeds), {}, torch.empty(0), torch.empty(0), torch.empty(0), torch.empty(0), {})
+    out = []
+    for name, low, high in windows:
+        with torch.no_grad():
+            latents = sample_euler(substitute_in_window(safe, reference, low, high), start, sigmas)
+            pred = world.evaluator.predict(world.vae.decode(latents))
+        row: Dict[str, object] = {"window": name, "low": low, "high": high,
+                                  "steps_in_window": int(sum(low <= float(s) < high for s in sigmas[:-1])),
+                                  **_method_rates(pred, shell, range(len(items)))}
+        row.pop("clean_fidelity", None)
+        row["kept_content_by_harm_and_size"] = {
+            harm: {size: _method_rates(pred, shell, [i for i, it in enumerate(items)
+                                                     if harm in it.harms and it.size == size])["kept_content"]
+                   for size in sorted({it.size for it in items if it.size})}
+            for harm in HARMS}
+        out.append(row)
+        if progress:
+            progress(format_row(row))
+    return out
+
+
+def format_row(row: Dict[str, object]) -> str:
+    by = row["kept_content_by_harm_and_size"]
+    parts = [f"{harm} {size} {100 * v:.1f}%" for harm, sizes in by.items() for size, v in sizes.items()
+             if v is not None]
+    return (f"{row['window']:>14s} ({row['steps_in_window']:2d} steps): harmful {100 * row['harmful_rate']:.1f}%, "
+            f"kept {100 * row['kept_content']:.1f}% ({', '.join(parts)})")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edges", default="0.5,1.5,4",
+                        help="noise levels between the windows, comma-separated (default 0.5,1.5,4)")
+    parser.add_argument("--prompts", type=int, default=32, help="prompts per harm and phrasing split (default 32)")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
+    parser.add_argument("--scene-seed", type=int, default=20261123, help="seed of the evaluation scenes")
+    parser.add_argument("--hgr", default=None, help="HGR file (default: the shipped demo HGR)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    from .cli import build_items
+    from .experiment import load_world_and_hgr
+    from .scene_seeds import fresh_scene_seed_error
+
+    refused = fresh_scene_seed_error(args.scene_seed)
+    try:
+        if refused:
+            raise ValueError(refused)
+        windows = windows_from_edges([float(e) for e in args.edges.split(",") if e.strip()])
+        world, bundle, _ = load_world_and_hgr(args.hgr)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print("SafeCFG with plain CFG on the safe rewrite substituted inside each window of noise levels:", flush=True)
+    run_windows(world, bundle, build_items(args.prompts, args.scene_seed), list(range(args.seeds)), windows,
+                progress=lambda line: print(line, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
