@@ -260,10 +260,10 @@ class TrainConfig:
     # lands short of the rewrite; with a gain g, SafeCFG on c aims at CFG(c_safe) - (g-1) * (CFG(c) - CFG(c_safe)),
     # i.e. as far again past the rewrite, away from the harm, for g = 2. One number, or one per category.
     target_gain: PerCategory = 1.0
-    # Below ``low_sigma`` the sampler only refines detail (on the demo model, a small object's shape): there the
-    # harmful rows can use their own gain (``low_sigma_gain``; None = ``target_gain``; 1 = METHOD.md's target), so
-    # aiming past the rewrite to remove the harm does not also bend the object's outline. The default changes
-    # nothing (and leaves the run's fingerprint as it was).
+    # The last steps (below ``low_sigma``) settle detail: on the demo model a small object's outline, and part of
+    # the harm too. There the harmful rows can use their own gain (``low_sigma_gain``; None = ``target_gain``; 1 =
+    # METHOD.md's target), to trade aiming past the rewrite (harm removed) against bending the object (content
+    # lost); the README measures the trade. The default changes nothing (and leaves the fingerprint as it was).
     low_sigma: float = 0.5
     low_sigma_gain: Optional[PerCategory] = None
     # identity of the frozen model (any string; the ComfyUI node passes a digest of its weights). It is part of the
