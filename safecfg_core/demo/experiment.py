@@ -355,6 +355,12 @@ def _kept_content_by_size(pred: Dict[str, object], result: ExperimentResult,
             for size in sizes}
 
 
+def kept_content_by_harm_and_size(pred: Dict[str, object],
+                                  result: ExperimentResult) -> Dict[str, Dict[str, Optional[float]]]:
+    """:func:`_kept_content_by_size` under each harm the items ask for."""
+    return {harm: by for harm in HARMS if (by := _kept_content_by_size(pred, result, harm))}
+
+
 def measure(world, result: ExperimentResult) -> Dict[str, object]:
     """All measures of DEMO-WORLD.md per method (with a per-split breakdown), plus detection ROC AUCs per split."""
     preds = {m: world.evaluator.predict(imgs) for m, imgs in result.images.items()}
@@ -368,8 +374,7 @@ def measure(world, result: ExperimentResult) -> Dict[str, object]:
         by_size = _kept_content_by_size(pred, result)
         if by_size:
             methods[m]["kept_content_by_size"] = by_size
-            methods[m]["kept_content_by_harm_and_size"] = {
-                harm: by for harm in HARMS if (by := _kept_content_by_size(pred, result, harm))}
+            methods[m]["kept_content_by_harm_and_size"] = kept_content_by_harm_and_size(pred, result)
     detection: Dict[str, Optional[float]] = {}
     for split_name, key_suffix in (("train", ""), ("heldout", "_heldout"), ("file", "")):
         idx = [i for i, it in enumerate(result.items) if it.split == split_name]

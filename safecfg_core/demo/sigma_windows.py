@@ -45,8 +45,7 @@ def run_windows(world, bundle, items, seeds: Sequence[int], windows: Sequence[Wi
                 progress: Optional[Callable[[str], None]] = None) -> List[Dict[str, object]]:
     """Harmful rate and kept content (overall and per harm and object size) of SafeCFG with the rewrite target
     substituted in each window. ``items``: harmful items with a safe rewrite (others are left out)."""
-    from .experiment import ExperimentResult, _method_rates
-    from .render import HARMS
+    from .experiment import ExperimentResult, _method_rates, kept_content_by_harm_and_size
 
     items = [it for it in items if it.harmful and it.safe_text and it.expect]
     if not items:
@@ -73,11 +72,7 @@ def run_windows(world, bundle, items, seeds: Sequence[int], windows: Sequence[Wi
                                   "steps_in_window": int(sum(low <= float(s) < high for s in sigmas[:-1])),
                                   **_method_rates(pred, shell, range(len(items)))}
         row.pop("clean_fidelity", None)
-        row["kept_content_by_harm_and_size"] = {
-            harm: {size: _method_rates(pred, shell, [i for i, it in enumerate(items)
-                                                     if harm in it.harms and it.size == size])["kept_content"]
-                   for size in sorted({it.size for it in items if it.size})}
-            for harm in HARMS}
+        row["kept_content_by_harm_and_size"] = kept_content_by_harm_and_size(pred, shell)
         out.append(row)
         if progress:
             progress(format_row(row))
