@@ -266,11 +266,6 @@ class TrainConfig:
     # lost); the README measures the trade. The default changes nothing (and leaves the fingerprint as it was).
     low_sigma: float = 0.5
     low_sigma_gain: Optional[PerCategory] = None
-    # Harmful rows' loss weighted up where the picture's content is: 1 + region_weight * mask, the mask (0..1 per
-    # latent cell) given by the caller's ``region_mask`` for each training latent. Why: the loss is dominated by the
-    # cells the harm covers (gore is everywhere), while a small object, the content to keep, covers a few cells.
-    # 0 (the default) changes nothing and leaves the fingerprint as it was.
-    region_weight: float = 0.0
     # identity of the frozen model (any string; the ComfyUI node passes a digest of its weights). It is part of the
     # run's fingerprint, and the latent cache only serves latents that this same model drew.
     model_id: str = ""
@@ -309,8 +304,6 @@ class TrainConfig:
             _check_per_category("low_sigma_gain", self.low_sigma_gain, 1.0, 10.0, " (1 = METHOD.md's target)")
         if not (self.low_sigma > 0 and math.isfinite(self.low_sigma)):
             raise TrainingInputError(f"low_sigma must be a positive number, got {self.low_sigma}.")
-        if not (self.region_weight >= 0 and math.isfinite(self.region_weight)):
-            raise TrainingInputError(f"region_weight must be a number >= 0 (0 = off), got {self.region_weight}.")
         if self.autocast_dtype not in (None, "bf16", "fp16"):
             raise TrainingInputError(f"autocast_dtype must be None, 'bf16' or 'fp16', got {self.autocast_dtype!r}.")
         if not (0 < self.calibrate_fpr < 1):
@@ -320,14 +313,12 @@ class TrainConfig:
         return self
 
     # fields added after HGRs were trained: left out of the fingerprint at their defaults, so those HGRs still match
-    # (each group is left out while its switch is at its default)
-    _LATER_DEFAULTS = {("low_sigma", "low_sigma_gain"): lambda c: c.low_sigma_gain is None,
-                       ("region_weight",): lambda c: c.region_weight == 0.0}
+    _LATER_DEFAULTS = ("low_sigma", "low_sigma_gain")
 
     def result_fields(self) -> Dict[str, Any]:
-        left_out = {name for group, at_default in self._LATER_DEFAULTS.items() if at_default(self) for name in group}
+        later_default = self.low_sigma_gain is None
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self._RUN_ONLY
-                and f.name not in left_out}
+                and not (later_default and f.name in self._LATER_DEFAULTS)}
 
 
 @dataclass
@@ -565,18 +556,6 @@ def _lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * warm * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def _region_weights(latents: torch.Tensor, region_mask: Callable[[torch.Tensor], torch.Tensor],
-                    region_weight: float, chunk: int = 256) -> torch.Tensor:
-    """Per-cell loss weights ``1 + region_weight * mask`` for every training latent (``[N, 1, H, W]``)."""
-    with torch.no_grad():
-        masks = torch.cat([region_mask(latents[i:i + chunk]).float() for i in range(0, len(latents), chunk)])
-    want = (len(latents), 1) + tuple(latents.shape[2:])
-    if tuple(masks.shape) != want or not torch.isfinite(masks).all() or masks.min() < 0 or masks.max() > 1:
-        raise TrainingInputError(f"region_mask must give finite values in 0..1 shaped {list(want)}; it gave "
-                                 f"{list(masks.shape)} in {float(masks.min()):.3g}..{float(masks.max()):.3g}.")
-    return (1.0 + region_weight * masks).to(latents.device)
-
-
 def train_hgr(
     text_encoder: TextEncoder,
     denoiser: Denoiser,
@@ -586,21 +565,14 @@ def train_hgr(
     sample_latents: Optional[Callable[[List[str]], torch.Tensor]] = None,
     latents: Optional[Mapping[str, torch.Tensor]] = None,
     progress: Optional[ProgressFn] = None,
-    region_mask: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> TrainResult:
     """Train an HGR for ``denoiser``; returns the calibrated bundle, loss histories and a summary.
 
     ``progress`` is called after every step (and during latent sampling); returning ``False`` or raising
     :class:`TrainingCancelled` stops training: a checkpoint of the completed steps is written (if a
     ``checkpoint_path`` is set) and :class:`TrainingCancelled` is raised with its step and path.
-
-    ``region_mask`` (needed when ``config.region_weight > 0``) maps clean latents ``[N, C, H, W]`` to where their
-    content is, ``[N, 1, H, W]`` in 0..1; it is called once per training latent, before the first step.
     """
     config = (config or TrainConfig()).validate()
-    if config.region_weight > 0 and region_mask is None:
-        raise TrainingInputError("region_weight > 0 needs a region_mask (where each latent's content is); pass one, "
-                                 "or set region_weight to 0.")
     prompts.validate()
     t_start = time.monotonic()
     device = torch.device(config.device)
@@ -689,7 +661,6 @@ def train_hgr(
     lat_flat = torch.cat(lat_list)
     lat_offsets = torch.cat([torch.zeros(1, dtype=torch.long), lat_counts.cumsum(0)[:-1]])
     latent_shape = tuple(lat_flat.shape[1:])
-    lat_weight = _region_weights(lat_flat, region_mask, config.region_weight) if config.region_weight > 0 else None
 
     # -- model, optimizer, RNG, resume ---------------------------------------------------------------------------
     fingerprint = _fingerprint(prompts, config, hgr_config)
@@ -773,8 +744,7 @@ def train_hgr(
                 swap = (torch.rand(len(hi), generator=gen) < rewrite_fraction_of[harm_cat[hi]]) & (rewrite_lat_row[hi] >= 0)
                 lat_rows[n_c_rows:][swap] = rewrite_lat_row[hi][swap]
             pick = (torch.rand(len(rows), generator=gen) * lat_counts[lat_rows]).long()
-            lat_idx = (lat_offsets[lat_rows] + pick).to(device)
-            x0 = lat_flat[lat_idx]
+            x0 = lat_flat[(lat_offsets[lat_rows] + pick).to(device)]
             if config.sigma_schedule is not None:
                 sched = torch.tensor(config.sigma_schedule, dtype=torch.float32)
                 sigma = sched[torch.randint(0, len(sched), (len(rows),), generator=gen)]
@@ -831,14 +801,8 @@ def train_hgr(
                           None if u_b.pooled is None else (u_b.pooled + delta.pooled.to(u_b.pooled.dtype)
                                                            if delta.pooled is not None else u_b.pooled))
             pred = denoise(x, sigma, u_star)
-            sq_err = (pred - target).pow(2)
-            sq_off = (target[n_c_rows:] - d_u[n_c_rows:]).pow(2)
-            if lat_weight is not None:  # harmful rows only: the clean rows' target is D(u) everywhere
-                w_h = lat_weight[lat_idx[n_c_rows:]]
-                sq_err = torch.cat([sq_err[:n_c_rows], sq_err[n_c_rows:] * w_h])
-                sq_off = sq_off * w_h
-            err = sq_err.flatten(1).sum(1)
-            scale_h = sq_off.flatten(1).sum(1).clamp_min(1e-12)
+            err = (pred - target).pow(2).flatten(1).sum(1)
+            scale_h = (target[n_c_rows:] - d_u[n_c_rows:]).pow(2).flatten(1).sum(1).clamp_min(1e-12)
             harm_loss = (err[n_c_rows:] / scale_h).mean()
             clean_loss = (err[:n_c_rows] / scale_h.mean()).mean()
             pen_rows = delta_t[:n_c_rows].pow(2).mean()

@@ -20,7 +20,6 @@ from ..sampling import CFGDenoise, noise_for_seeds, sample
 from ..train import (HarmfulPrompt, PromptSet, TrainConfig, TrainProgress, calibrate_threshold, parse_per_category,
                      train_hgr)
 from .prompts import CONCEPTS, sample_prompts
-from .regions import content_mask
 from .scene_seeds import (HGR_CALIBRATION_CLEAN_OFFSET, HGR_CALIBRATION_HARMFUL_OFFSET, HGR_HARMFUL_OFFSET,
                           HGR_SCENE_SEED)
 from .world import HGR_PATH, load_demo_world
@@ -133,9 +132,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--low-sigma-gain", type=parse_per_category, default=None,
                         help="target gain for rows noised below --low-sigma, one number or per category (default: "
                              "--target-gain's); 1 = METHOD.md's target there")
-    parser.add_argument("--region-weight", type=float, default=0.0,
-                        help="weight the harmful rows' loss by 1 + this where the picture's content is (the object, the "
-                             "knife), 0 = off (default)")
     parser.add_argument("--width", type=int, default=None, help="HGR width (default: the demo preset's)")
     parser.add_argument("--depth", type=int, default=None, help="HGR depth (default: the demo preset's)")
     args = parser.parse_args(argv)
@@ -149,7 +145,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed, cfg_scale=DEFAULT_CFG,
         clean_penalty=args.clean_penalty, rewrite_latent_fraction=args.rewrite_latents,
         target_gain=args.target_gain, low_sigma=args.low_sigma, low_sigma_gain=args.low_sigma_gain,
-        region_weight=args.region_weight,
         sigma_schedule=[float(s) for s in world.schedule.sigmas], checkpoint_path=args.checkpoint,
         checkpoint_every=100, resume=args.resume, latent_batch_size=256,
         model_id=denoiser_digest(),
@@ -166,8 +161,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
     result = train_hgr(world.text_encoder.encode, world.denoiser(), prompts, config,
                        HGRConfig.for_family("demo", **overrides),
-                       sample_latents=lambda ps: sample_demo_latents(world, ps, DEFAULT_CFG), progress=progress,
-                       region_mask=lambda lat: content_mask(world.vae, lat))
+                       sample_latents=lambda ps: sample_demo_latents(world, ps, DEFAULT_CFG), progress=progress)
     bundle = result.bundle
     # calibration on fresh clean prompts of the training phrasing (not the ones trained on)
     fresh_clean = [s.text for s in sample_prompts(400, seed=TRAIN_SCENE_SEED + HGR_CALIBRATION_CLEAN_OFFSET, split="train", harm_fraction=0.0)]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -261,7 +261,7 @@ def test_denoiser_is_frozen_and_restored(tmp_path: Path) -> None:
     assert den.gain.requires_grad and den.training  # and its state is as it was
 
 
-def _rewrite_run(fraction: float, sampled: list, target_gain: float = 1.0, region_mask=None, **config: Any):
+def _rewrite_run(fraction: float, sampled: list, target_gain: float = 1.0, **config: Any):
     """Train with a safe rewrite per harmful prompt; ``sampled`` collects every prompt whose latents were drawn.
     Returns the world, the harmful prompts and the result."""
     world = load_analytic_world()
@@ -278,16 +278,14 @@ def _rewrite_run(fraction: float, sampled: list, target_gain: float = 1.0, regio
     res = train_hgr(world.text_encoder, world.denoiser, ps,
                     TrainConfig(steps=150, batch_size=12, cfg_scale=W, rewrite_latent_fraction=fraction,
                                 target_gain=target_gain, **config),
-                    world.hgr_config, sample_latents=sample_latents, region_mask=region_mask)
+                    world.hgr_config, sample_latents=sample_latents)
     return world, harm, res
 
 
-def _remaining_rewrite_distance(world, harm, bundle, latent_prompts, gain: float = 1.0, sigma: float = 2.0,
-                                cells: Optional[torch.Tensor] = None) -> float:
+def _remaining_rewrite_distance(world, harm, bundle, latent_prompts, gain: float = 1.0, sigma: float = 2.0) -> float:
     """How far SafeCFG on the harmful prompts stays from CFG on their rewrites (1 = untrained, 0 = exact), at
     ``sigma`` (default 2) around the samples of ``latent_prompts``. With ``gain`` g the aim is past the rewrite, away from the
-    harmful prompt: ``CFG(c_safe) - (g - 1) * (CFG(c) - CFG(c_safe))``. ``cells`` (a 0/1 ``[H, W]`` mask) measures
-    there only."""
+    harmful prompt: ``CFG(c_safe) - (g - 1) * (CFG(c) - CFG(c_safe))``."""
     enc, den = world.text_encoder, world.denoiser
     prompts = [h.prompt for h in harm]
     c, u, c_safe = enc(prompts), enc([""] * len(prompts)), enc([h.rewrite for h in harm])
@@ -298,9 +296,8 @@ def _remaining_rewrite_distance(world, harm, bundle, latent_prompts, gain: float
     d_c, d_u = den(x, s, c), den(x, s, u)
     cfg_safe, cfg_c = cfg_combine(den(x, s, c_safe), d_u, W), cfg_combine(d_c, d_u, W)
     target = cfg_safe - (gain - 1.0) * (cfg_c - cfg_safe)
-    keep = torch.ones(x.shape[-2:]) if cells is None else cells
-    before = ((cfg_c - target) * keep).flatten(1).norm(dim=1)
-    after = ((cfg_combine(d_c, den(x, s, u_star), W) - target) * keep).flatten(1).norm(dim=1)
+    before = (cfg_c - target).flatten(1).norm(dim=1)
+    after = (cfg_combine(d_c, den(x, s, u_star), W) - target).flatten(1).norm(dim=1)
     return float((after / before).mean())
 
 
@@ -366,43 +363,10 @@ def test_low_sigma_gain_replaces_the_gain_below_low_sigma(rewrite_run_gain_1) ->
 
 
 def test_fields_added_later_leave_old_fingerprints_alone() -> None:
-    """At their defaults the low-sigma gain and the region weight stay out of the fingerprint (HGRs trained before them
-    still match); set, each is part of it (the low-sigma gain with its noise level)."""
-    later = {"low_sigma", "low_sigma_gain", "region_weight"}
-    assert not later & set(TrainConfig().result_fields())
-    assert later & set(TrainConfig(low_sigma_gain=1.0).result_fields()) == {"low_sigma", "low_sigma_gain"}
-    assert later & set(TrainConfig(region_weight=2.0).result_fields()) == {"region_weight"}
-
-
-def test_region_weight_fits_the_weighted_cells_first() -> None:
-    """``region_weight`` with a mask on the left half of every latent: the left half ends closer to the rewrite
-    target relative to the right half than without it; an all-zero mask is the unweighted run, bit for bit."""
-    left = torch.zeros(8, 8)
-    left[:, :4] = 1
-
-    def halves(res_) -> float:
-        prompts = [h.prompt for h in harm]
-        return (_remaining_rewrite_distance(world, harm, res_.bundle, prompts, cells=left)
-                / _remaining_rewrite_distance(world, harm, res_.bundle, prompts, cells=1 - left))
-
-    world, harm, plain = _rewrite_run(0.0, [])
-    _, _, weighted = _rewrite_run(0.0, [], region_weight=20.0, region_mask=lambda lat: left.expand(len(lat), 1, 8, 8))
-    print(f"left/right remaining distance: unweighted {halves(plain):.3f}, left weighted 21x {halves(weighted):.3f}")
-    assert halves(weighted) < halves(plain) - 0.1
-    assert weighted.bundle.meta.training["train_config"]["region_weight"] == 20.0
-    _, _, zero_mask = _rewrite_run(0.0, [], region_weight=20.0, region_mask=lambda lat: torch.zeros(len(lat), 1, 8, 8))
-    assert all(torch.equal(a, b) for a, b in zip(zero_mask.bundle.net.state_dict().values(),
-                                                 plain.bundle.net.state_dict().values()))
-
-
-def test_region_mask_errors() -> None:
-    world, ps = _tiny_world()
-    with pytest.raises(TrainingInputError, match="region_weight > 0 needs a region_mask"):
-        train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=1, region_weight=2.0), world.hgr_config,
-                  sample_latents=world.sample_latents)
-    with pytest.raises(TrainingInputError, match=r"region_mask must give finite values in 0..1 shaped \[\d+, 1, 8, 8\]"):
-        train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=1, region_weight=2.0), world.hgr_config,
-                  sample_latents=world.sample_latents, region_mask=lambda lat: torch.full((len(lat), 1, 8, 8), 2.0))
+    """At its default the low-sigma gain stays out of the fingerprint (HGRs trained before it still match); set, it
+    and its noise level are part of it."""
+    assert not {"low_sigma", "low_sigma_gain"} & set(TrainConfig().result_fields())
+    assert {"low_sigma", "low_sigma_gain"} <= set(TrainConfig(low_sigma_gain=1.0).result_fields())
 
 
 def test_per_category_settings_are_checked_and_parsed() -> None:
@@ -519,7 +483,7 @@ def test_prompt_file_and_dict_errors(tmp_path: Path) -> None:
     (dict(sigma_min=2.0, sigma_max=1.0), "sigma_min"), (dict(sigma_schedule=[]), "sigma_schedule"),
     (dict(autocast_dtype="fp8"), "autocast_dtype"), (dict(cfg_scale=1.0), "cfg_scale"),
     (dict(target_gain=0.5), "target_gain"), (dict(low_sigma_gain={"gore": 0.5}), "low_sigma_gain"),
-    (dict(low_sigma=0.0), "low_sigma"), (dict(region_weight=-1.0), "region_weight"),
+    (dict(low_sigma=0.0), "low_sigma"),
 ])
 def test_train_config_errors(kwargs, needle) -> None:
     with pytest.raises(TrainingInputError, match=needle):
