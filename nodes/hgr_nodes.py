@@ -10,7 +10,7 @@ from ..safecfg_core.batched import BatchedRedirector
 from ..safecfg_core.conditioning import Cond
 from ..safecfg_core.errors import SafeCFGError
 from ..safecfg_core.guidance import (GATE_MODES, GateConfig, SafeGuidance, category_attribution,
-                                     concept_directions, score_level_harm)
+                                     concept_directions, score_level_harm, softness_beyond_calibration)
 from ..safecfg_core.hgr import HGRBundle
 from .comfy_adapters import ComfyDenoiser, ComfyTextEncoder, conditioning_to_conds, model_widths
 from .common import (CATEGORY, HGR_TYPE, format_exception, list_hgr_files, log, node_error, register_hgr_folder,
@@ -157,7 +157,10 @@ class SafeCFG:
                               "tooltip": "smooth: ramp in around the threshold; hard: on/off at the threshold; always: "
                                          "redirect every prompt; off: plain CFG (for A/B comparisons)."}),
                 "softness": ("FLOAT", {"default": 0.25, "min": 0.0, "max": 0.99, "step": 0.01,
-                                       "tooltip": "Width of the smooth gate's ramp, as a fraction of the threshold."}),
+                                       "tooltip": "Width of the smooth gate's ramp, as a fraction of the threshold. The HGR file's "
+                                                  "threshold is calibrated for one softness (0.25 unless trained otherwise): "
+                                                  "a wider ramp lets some clean prompts be redirected a little (a warning "
+                                                  "says so)."}),
                 "at_cfg_1": (["error", "warn"], {"default": "error",
                              "tooltip": "At cfg = 1 CFG ignores the negative, so SafeCFG cannot act: stop with an error "
                                         "(default) or only log a warning."}),
@@ -190,6 +193,9 @@ class SafeCFG:
                     "the HGR file has no calibrated threshold; set a threshold on the node or use gate mode 'always'.")
         except ValueError as exc:
             raise format_exception("SafeCFG", exc) from None
+        too_soft = softness_beyond_calibration(gate, hgr.meta.calibration)
+        if too_soft:
+            log.warning("SafeCFG: %s", too_soft)
         guidance = SafeGuidance(hgr, gate)
         redirector = BatchedRedirector(guidance, pooled_dim=hgr.config.pooled_dim if pooled_dim else 0)
         m = model.clone()

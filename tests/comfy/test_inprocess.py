@@ -88,6 +88,11 @@ SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
     out["split_changed"] = not torch.equal(plain, split)
     out["split_close_to_batched"] = float((split - safe).abs().max())
     out["split_vs_plain"] = float((split - plain).abs().max())
+    # the shipped HGR's threshold was calibrated for softness 0.25: a wider ramp is warned about, that one is not
+    from safecfg_pack.safecfg_core.demo.world import HGR_PATH
+    shipped = HGRBundle.load(HGR_PATH)
+    for softness in (0.25, 0.5):
+        N["SafeCFG"]().patch(model, shipped, 1.0, -1.0, gate_mode="smooth", softness=softness)
     print("RESULT " + json.dumps(out))
 ''')
 
@@ -113,6 +118,8 @@ def _check_common(res: dict) -> None:
     assert res["repeatable"], "the same run twice gave different results"
     assert res["split_calls"] >= 8, res  # cond and uncond in separate calls
     assert res["split_changed"], "with split calls SafeCFG did nothing"
+    assert res["log"].count("softness 0.5 is wider than the 0.25 this HGR's threshold was calibrated for") == 1
+    assert "softness 0.25 is wider" not in res["log"]
 
 
 def _shim_paths(root: Path):

@@ -23,6 +23,7 @@ from safecfg_core.guidance import (
     prompt_harm_score,
     redirect,
     score_level_harm,
+    softness_beyond_calibration,
 )
 from safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
 from safecfg_core.padding import common_token_length, pad_to_common_length
@@ -328,3 +329,21 @@ def test_cuda_hgr_with_cpu_conditioning_and_back() -> None:
     torch.testing.assert_close(res.u_star.tokens, ref.u_star.tokens, rtol=2e-2, atol=2e-2)
     res_gpu = SafeGuidance(b, GateConfig(mode="always")).redirected_negative(c.to("cuda"), u.to("cuda", torch.bfloat16))
     assert res_gpu.u_star.tokens.device.type == "cuda" and res_gpu.u_star.tokens.dtype == torch.bfloat16
+
+
+def test_a_wider_gate_than_calibrated_is_explained() -> None:
+    """The lower edge the warning names is where the gate really starts to open; the calibrated softness, a hand-set
+    threshold, the hard gate and files without calibration get no warning."""
+    calibration = {"clean_quantile": 0.02, "margin": 1.1, "fpr": 0.01, "softness": 0.25}
+    threshold = 0.02 * 1.1 / 0.75
+    assert softness_beyond_calibration(GateConfig(softness=0.25), calibration) is None
+    assert softness_beyond_calibration(GateConfig(softness=0.1), calibration) is None
+    assert softness_beyond_calibration(GateConfig(softness=0.5, threshold=threshold), calibration) is None
+    assert softness_beyond_calibration(GateConfig(softness=0.5, mode="hard"), calibration) is None
+    assert softness_beyond_calibration(GateConfig(softness=0.5), {}) is None
+    note = softness_beyond_calibration(GateConfig(softness=0.5), calibration)
+    assert note is not None and "softness 0.5 is wider than the 0.25" in note and "Use softness 0.25 or lower" in note
+    edge = float(note.split("starts at score ")[1].split(" ")[0])
+    assert edge < 0.02  # below the clean prompts' 99% quantile: the calibration's promise no longer holds
+    opened = gate_strength(torch.tensor([edge * 0.999, edge * 1.001]), GateConfig(softness=0.5), threshold)
+    assert opened[0] == 0 and 0 < opened[1] < 1e-3
