@@ -10,6 +10,8 @@ import sys
 import time
 from dataclasses import replace
 
+from .scene_seeds import DEMO_SCENE_SEED
+
 COMMAND = "demo"
 HELP = "run the embedded demo world: grid.png, metrics.json and report.md for CFG, baselines and SafeCFG"
 
@@ -21,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
     parser.add_argument("--cfg", type=float, default=6.0, help="CFG scale (default 6)")
     parser.add_argument("--steps", type=int, default=20, help="Euler steps (default 20)")
-    parser.add_argument("--scene-seed", type=int, default=20261123,
+    parser.add_argument("--scene-seed", type=int, default=DEMO_SCENE_SEED,
                         help="seed of the evaluation scenes (one that would reuse the shipped weights' training scenes "
                              "is refused)")
     parser.add_argument("--hgr", default=None, help="HGR file (default: the shipped demo HGR)")

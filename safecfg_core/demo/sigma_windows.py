@@ -18,6 +18,7 @@ import torch
 from ..guidance import GateConfig, SafeGuidance
 from ..sampling import CFGDenoise, DiscreteEpsDenoiser, SafeCFGDenoise, noise_for_seeds, sample_euler
 from ..schedules import get_sigmas
+from .scene_seeds import DEMO_SCENE_SEED
 
 Window = Tuple[str, float, float]  # name, lowest sigma (inclusive), highest sigma (exclusive)
 
@@ -93,7 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="noise levels between the windows, comma-separated (default 0.5,1.5,4)")
     parser.add_argument("--prompts", type=int, default=32, help="prompts per harm and phrasing split (default 32)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
-    parser.add_argument("--scene-seed", type=int, default=20261123, help="seed of the evaluation scenes")
+    parser.add_argument("--scene-seed", type=int, default=DEMO_SCENE_SEED, help="seed of the evaluation scenes")
     parser.add_argument("--hgr", default=None, help="HGR file (default: the shipped demo HGR)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args(argv)

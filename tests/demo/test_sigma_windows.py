@@ -9,6 +9,7 @@ import torch
 
 from safecfg_core.demo.cli import build_items
 from safecfg_core.demo.experiment import load_world_and_hgr, measure, rewrite_reference, run_experiment
+from safecfg_core.demo.scene_seeds import DEMO_SCENE_SEED
 from safecfg_core.demo.sigma_windows import run_windows, windows_from_edges
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 def small_set():
     torch.set_num_threads(1)
     world, bundle, _ = load_world_and_hgr()
-    return world, bundle, build_items(3, 20261123), [0, 1]
+    return world, bundle, build_items(3, DEMO_SCENE_SEED), [0, 1]
 
 
 def test_no_window_is_safecfg_and_the_whole_range_is_the_rewrite_reference(small_set):
