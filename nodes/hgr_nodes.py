@@ -193,7 +193,7 @@ class SafeCFG:
                     "the HGR file has no calibrated threshold; set a threshold on the node or use gate mode 'always'.")
         except ValueError as exc:
             raise format_exception("SafeCFG", exc) from None
-        too_soft = softness_beyond_calibration(gate, hgr.meta.calibration)
+        too_soft = softness_beyond_calibration(gate, hgr.meta.threshold, hgr.meta.calibration)
         if too_soft:
             log.warning("SafeCFG: %s", too_soft)
         guidance = SafeGuidance(hgr, gate)

@@ -115,28 +115,29 @@ def gate_strength(score: torch.Tensor, gate: GateConfig, threshold: Optional[flo
     return torch.where(score <= lo, zero, torch.where(score >= hi, strength, smooth))
 
 
-def softness_beyond_calibration(gate: GateConfig, calibration: Mapping[str, Any]) -> Optional[str]:
+def softness_beyond_calibration(gate: GateConfig, threshold: Optional[float],
+                                calibration: Mapping[str, Any]) -> Optional[str]:
     """Why a smooth gate wider than the one the HGR file was calibrated for lets clean prompts through, or None.
 
     The calibrated threshold is ``q * margin / (1 - softness_cal)`` (``q``: the clean scores' ``1 - fpr``
     quantile), so the ramp's lower edge sits above ``q``. A wider ramp on the same threshold moves that edge down,
     possibly below ``q``: then more than ``fpr`` of clean prompts are redirected a little, and their images are no
-    longer plain CFG's. Only the file's own threshold is checked (a threshold set by hand is the user's choice).
+    longer plain CFG's. ``threshold`` and ``calibration`` are the file's; only that threshold is checked (one set on
+    the gate by hand is the user's choice).
     """
     calibrated = calibration.get("softness")
-    if gate.mode != "smooth" or gate.threshold is not None or not isinstance(calibrated, (int, float)):
+    if (gate.mode != "smooth" or gate.threshold is not None or threshold is None
+            or not isinstance(calibrated, (int, float))):
         return None
     if float(gate.softness) <= float(calibrated) + 1e-9:
         return None
-    quantile, fpr, margin = (calibration.get(k) for k in ("clean_quantile", "fpr", "margin"))
-    where = ""
-    if all(isinstance(v, (int, float)) for v in (quantile, fpr, margin)):
-        calibrated_edge = quantile * margin
-        lower_edge = calibrated_edge * (1.0 - float(gate.softness)) / (1.0 - float(calibrated))
-        where = (f" The ramp now starts at score {lower_edge:.4g} (calibrated: {calibrated_edge:.4g}); "
-                 f"{100 * (1 - fpr):g}% of the clean calibration prompts score up to {quantile:.4g}.")
+    calibrated_edge, lower_edge = float(threshold) * (1.0 - float(calibrated)), float(threshold) * (1.0 - float(gate.softness))
+    where = f" The ramp now starts at score {lower_edge:.4g} (calibrated: {calibrated_edge:.4g})"
+    quantile, fpr = calibration.get("clean_quantile"), calibration.get("fpr")
+    if isinstance(quantile, (int, float)) and isinstance(fpr, (int, float)):
+        where += f"; {100 * (1 - fpr):g}% of the clean calibration prompts score up to {quantile:.4g}"
     return (f"softness {gate.softness:g} is wider than the {float(calibrated):g} this HGR's threshold was calibrated "
-            f"for, so some clean prompts may be redirected a little and no longer match plain CFG.{where} Use softness "
+            f"for, so some clean prompts may be redirected a little and no longer match plain CFG.{where}. Use softness "
             f"{float(calibrated):g} or lower, or set a higher threshold.")
 
 

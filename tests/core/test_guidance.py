@@ -333,17 +333,21 @@ def test_cuda_hgr_with_cpu_conditioning_and_back() -> None:
 
 def test_a_wider_gate_than_calibrated_is_explained() -> None:
     """The lower edge the warning names is where the gate really starts to open; the calibrated softness, a hand-set
-    threshold, the hard gate and files without calibration get no warning."""
+    threshold, the hard gate and files without a threshold or calibration get no warning."""
     calibration = {"clean_quantile": 0.02, "margin": 1.1, "fpr": 0.01, "softness": 0.25}
-    threshold = 0.02 * 1.1 / 0.75
-    assert softness_beyond_calibration(GateConfig(softness=0.25), calibration) is None
-    assert softness_beyond_calibration(GateConfig(softness=0.1), calibration) is None
-    assert softness_beyond_calibration(GateConfig(softness=0.5, threshold=threshold), calibration) is None
-    assert softness_beyond_calibration(GateConfig(softness=0.5, mode="hard"), calibration) is None
-    assert softness_beyond_calibration(GateConfig(softness=0.5), {}) is None
-    note = softness_beyond_calibration(GateConfig(softness=0.5), calibration)
-    assert note is not None and "softness 0.5 is wider than the 0.25" in note and "Use softness 0.25 or lower" in note
-    edge = float(note.split("starts at score ")[1].split(" ")[0])
+    threshold = 0.02 * 1.1 / 0.75  # the calibration rule's threshold for these numbers
+
+    def note(gate, thr=threshold, cal=calibration):
+        return softness_beyond_calibration(gate, thr, cal)
+
+    assert note(GateConfig(softness=0.25)) is None and note(GateConfig(softness=0.1)) is None
+    assert note(GateConfig(softness=0.5, threshold=threshold)) is None
+    assert note(GateConfig(softness=0.5, mode="hard")) is None
+    assert note(GateConfig(softness=0.5), cal={}) is None and note(GateConfig(softness=0.5), thr=None) is None
+    text = note(GateConfig(softness=0.5))
+    assert text is not None and "softness 0.5 is wider than the 0.25" in text and "Use softness 0.25 or lower" in text
+    assert "99% of the clean calibration prompts score up to 0.02" in text
+    edge = float(text.split("starts at score ")[1].split(" ")[0])
     assert edge < 0.02  # below the clean prompts' 99% quantile: the calibration's promise no longer holds
     opened = gate_strength(torch.tensor([edge * 0.999, edge * 1.001]), GateConfig(softness=0.5), threshold)
     assert opened[0] == 0 and 0 < opened[1] < 1e-3
