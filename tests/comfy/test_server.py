@@ -271,9 +271,11 @@ def test_workflow_train_hgr_runs(comfy_server):
     assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
     saved = HGRBundle.load(comfy_server.hgr_dir / "workflow_hgr.safetensors")
     assert len(comfy_server.output_images(entry, "3")) == 1
-    # the workflow's settings reached the trainer: safe rewrites and the target gain
+    # the workflow's settings reached the trainer: safe rewrites, and the shipped demo HGR's gain and rewrite-latents
+    # share per category
     assert saved.meta.training["n_rewrites"] == 4
-    assert saved.meta.training["train_config"]["target_gain"] == g["2"]["inputs"]["target_gain"] == 4.0
+    assert saved.meta.training["train_config"]["target_gain"] == {"gore": 3.0, "weapon": 4.0}
+    assert saved.meta.training["train_config"]["rewrite_latent_fraction"] == {"gore": 1.0, "weapon": 0.0}
 
 
 def test_conditioning_combine_uses_most_harmful(comfy_server, hgr_files):
