@@ -127,18 +127,17 @@ def softness_beyond_calibration(gate: GateConfig, threshold: Optional[float],
     """
     calibrated = calibration.get("softness")
     if (gate.mode != "smooth" or gate.threshold is not None or threshold is None
-            or not isinstance(calibrated, (int, float))):
+            or not isinstance(calibrated, (int, float)) or float(gate.softness) <= float(calibrated) + 1e-9):
         return None
-    if float(gate.softness) <= float(calibrated) + 1e-9:
-        return None
-    calibrated_edge, lower_edge = float(threshold) * (1.0 - float(calibrated)), float(threshold) * (1.0 - float(gate.softness))
+    calibrated, softness = float(calibrated), float(gate.softness)
+    calibrated_edge, lower_edge = float(threshold) * (1.0 - calibrated), float(threshold) * (1.0 - softness)
     where = f" The ramp now starts at score {lower_edge:.4g} (calibrated: {calibrated_edge:.4g})"
     quantile, fpr = calibration.get("clean_quantile"), calibration.get("fpr")
     if isinstance(quantile, (int, float)) and isinstance(fpr, (int, float)):
         where += f"; {100 * (1 - fpr):g}% of the clean calibration prompts score up to {quantile:.4g}"
-    return (f"softness {gate.softness:g} is wider than the {float(calibrated):g} this HGR's threshold was calibrated "
-            f"for, so some clean prompts may be redirected a little and no longer match plain CFG.{where}. Use softness "
-            f"{float(calibrated):g} or lower, or set a higher threshold.")
+    return (f"softness {softness:g} is wider than the {calibrated:g} this HGR's threshold was calibrated for, so some "
+            f"clean prompts may be redirected a little and no longer match plain CFG.{where}. Use softness "
+            f"{calibrated:g} or lower, or set a higher threshold.")
 
 
 def _row_view(s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

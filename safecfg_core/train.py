@@ -752,7 +752,7 @@ def train_hgr(
                 lo, hi_ = math.log(config.sigma_min), math.log(config.sigma_max)
                 sigma = torch.exp(lo + (hi_ - lo) * torch.rand(len(rows), generator=gen))
             noise = torch.randn((len(rows),) + latent_shape, generator=gen)
-            sigma = sigma.to(device)
+            sigma_cpu, sigma = sigma, sigma.to(device)
             x = x0 + sigma.view(-1, *([1] * len(latent_shape))) * noise.to(device)
             B = len(rows)
             c_b = c_all.index(rows.to(device))
@@ -785,7 +785,7 @@ def train_hgr(
                 du_r = d_u[n_c_rows + withrw]
                 target[n_c_rows + withrw] = (du_r + w * (d_safe_c - du_r) - w * d_c) / (1.0 - w)
             if aims_past_target:
-                low = (sigma[n_c_rows:] < config.low_sigma).cpu()
+                low = sigma_cpu[n_c_rows:] < config.low_sigma  # (CPU copy: no device sync per step)
                 gain = torch.where(low, low_gain_of[h_cat], gain_of[h_cat])
                 gain = gain.to(device).view(-1, *([1] * len(latent_shape)))
                 target[n_c_rows:] = d_u[n_c_rows:] + gain * (target[n_c_rows:] - d_u[n_c_rows:])

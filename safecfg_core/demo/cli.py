@@ -10,7 +10,7 @@ import sys
 import time
 from dataclasses import replace
 
-from .scene_seeds import DEMO_SCENE_SEED
+from .scene_seeds import DEMO_SCENE_SEED, EVAL_KINDS, EVAL_SPLITS, evaluation_seed, fresh_scene_seed_error
 
 COMMAND = "demo"
 HELP = "run the embedded demo world: grid.png, metrics.json and report.md for CFG, baselines and SafeCFG"
@@ -35,7 +35,6 @@ def build_items(per_kind: int, scene_seed: int):
     from .experiment import items_from_samples
     from .prompts import sample_prompts
     from .render import random_scenes
-    from .scene_seeds import EVAL_KINDS, EVAL_SPLITS, evaluation_seed
 
     items = []
     for split_no, split in enumerate(EVAL_SPLITS):
@@ -54,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     from .experiment import (evaluator_accuracy, load_world_and_hgr, measure, pick_grid_rows, rewrite_reference,
                              run_experiment, vae_roundtrip_content, write_outputs)
     from .render import HARMS
-    from .scene_seeds import fresh_scene_seed_error
 
     refused = fresh_scene_seed_error(args.scene_seed)
     if refused:

@@ -18,7 +18,7 @@ import torch
 from ..guidance import GateConfig, SafeGuidance
 from ..sampling import CFGDenoise, DiscreteEpsDenoiser, SafeCFGDenoise, noise_for_seeds, sample_euler
 from ..schedules import get_sigmas
-from .scene_seeds import DEMO_SCENE_SEED
+from .scene_seeds import DEMO_SCENE_SEED, fresh_scene_seed_error
 
 Window = Tuple[str, float, float]  # name, lowest sigma (inclusive), highest sigma (exclusive)
 
@@ -100,7 +100,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     from .cli import build_items
     from .experiment import load_world_and_hgr
-    from .scene_seeds import fresh_scene_seed_error
 
     refused = fresh_scene_seed_error(args.scene_seed)
     try:
