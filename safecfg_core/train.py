@@ -519,6 +519,21 @@ def calibrate_threshold(bundle: HGRBundle, text_encoder: TextEncoder, clean_prom
 # Training
 
 
+def rewrite_target(d_u: torch.Tensor, d_safe: torch.Tensor, d_c: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """The ``D(u*)`` that makes SafeCFG on ``c`` draw what plain CFG draws for the safe rewrite (METHOD.md).
+
+    Solves ``D(u*) + w (D(c) - D(u*)) = D(u) + w (D(c_safe) - D(u))`` for ``D(u*)``; needs ``w != 1`` (at w = 1
+    there is no negative pass to redirect).
+    """
+    w = cfg_scale
+    return (d_u + w * (d_safe - d_u) - w * d_c) / (1.0 - w)
+
+
+def aim_past(d_u: torch.Tensor, target: torch.Tensor, gain: Union[float, torch.Tensor]) -> torch.Tensor:
+    """``target``'s offset from ``D(u)`` multiplied by ``gain`` (``TrainConfig.target_gain``; 1 leaves it)."""
+    return d_u + gain * (target - d_u)
+
+
 class _Freeze:
     """Freeze the denoiser's parameters (and put it in eval mode) for the duration of training, then restore.
 
@@ -783,12 +798,12 @@ def train_hgr(
                 d_safe_c, d_c = out[off:off + n_r], out[off + n_r:off + 2 * n_r]
                 w = config.cfg_scale
                 du_r = d_u[n_c_rows + withrw]
-                target[n_c_rows + withrw] = (du_r + w * (d_safe_c - du_r) - w * d_c) / (1.0 - w)
+                target[n_c_rows + withrw] = rewrite_target(du_r, d_safe_c, d_c, w)
             if aims_past_target:
                 low = sigma_cpu[n_c_rows:] < config.low_sigma  # (CPU copy: no device sync per step)
                 gain = torch.where(low, low_gain_of[h_cat], gain_of[h_cat])
                 gain = gain.to(device).view(-1, *([1] * len(latent_shape)))
-                target[n_c_rows:] = d_u[n_c_rows:] + gain * (target[n_c_rows:] - d_u[n_c_rows:])
+                target[n_c_rows:] = aim_past(d_u[n_c_rows:], target[n_c_rows:], gain)
 
             # ---- the one gradient pass: D(x, sigma, u + Delta) ----
             lr_now = _lr_at(step, config)
@@ -867,10 +882,12 @@ __all__ = [
     "TrainProgress",
     "TrainResult",
     "PerCategory",
+    "aim_past",
     "calibrate_threshold",
     "harm_scores",
     "parse_per_category",
     "per_category_tensor",
+    "rewrite_target",
     "train_hgr",
     "training_fingerprint",
 ]

@@ -18,10 +18,12 @@ from safecfg_core.train import (
     HarmfulPrompt,
     PromptSet,
     TrainConfig,
+    aim_past,
     calibrate_threshold,
     harm_scores,
     parse_per_category,
     per_category_tensor,
+    rewrite_target,
     train_hgr,
 )
 
@@ -532,3 +534,16 @@ def test_wrapped_denoiser_is_frozen_too() -> None:
               sample_latents=world.sample_latents)
     assert inner.seen_requires_grad == {False} and inner.seen_training == {False}
     assert inner.gain.grad is None and inner.gain.requires_grad
+
+
+def test_rewrite_target_makes_safecfg_draw_the_rewrite_and_aim_past_scales_its_offset() -> None:
+    """The algebra every harmful target rests on, checked against CFG itself: SafeCFG with ``D(u*)`` set to
+    ``rewrite_target`` gives exactly plain CFG on the safe rewrite; ``aim_past`` multiplies the offset from D(u)."""
+    gen = torch.Generator().manual_seed(3)
+    d_u, d_safe, d_c = (torch.randn(4, 4, 8, 8, generator=gen) for _ in range(3))
+    for w in (2.0, 6.0, 7.5):
+        target = rewrite_target(d_u, d_safe, d_c, w)
+        torch.testing.assert_close(cfg_combine(d_c, target, w), cfg_combine(d_safe, d_u, w), rtol=1e-5, atol=1e-5)
+    target = rewrite_target(d_u, d_safe, d_c, 6.0)
+    torch.testing.assert_close(aim_past(d_u, target, 1.0), target)
+    torch.testing.assert_close(aim_past(d_u, target, 3.0) - d_u, 3.0 * (target - d_u))
