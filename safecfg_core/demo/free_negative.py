@@ -10,8 +10,10 @@ trainer's objective for that very prompt: the same targets (``rewrite_target``, 
 from the model's schedule, the same relative error. Then it samples SafeCFG with the HGR's ``Delta`` and with the
 fitted one (same scenes, seeds and gate) and measures both like the demo command.
 
-What the free fit reaches is a bound for this objective and gain: no HGR trained on it can be expected to do
-better on these prompts. It says nothing about objectives that give ``u*`` more freedom than METHOD.md does.
+What the free fit draws is what this objective and gain ask for on these prompts: an HGR that fitted them as well
+(perfect generalisation from its training prompts) would draw the same. It is not a ceiling on kept content (a
+looser fit can keep more by chance), and it says nothing about objectives that give ``u*`` more freedom than
+METHOD.md does (one ``u*`` per prompt for every step).
 """
 from __future__ import annotations
 
