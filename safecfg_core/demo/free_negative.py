@@ -18,7 +18,6 @@ METHOD.md does (one ``u*`` per prompt for every step).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -29,7 +28,7 @@ from ..guidance import GateConfig, SafeGuidance, redirect
 from ..sampling import CFGDenoise, DiscreteEpsDenoiser, noise_for_seeds, sample_euler
 from ..schedules import get_sigmas
 from ..train import PerCategory, aim_past, parse_per_category, per_category_tensor, rewrite_target
-from .scene_seeds import DEMO_SCENE_SEED, fresh_scene_seed_error
+from .diagnostic_cli import add_scene_arguments, open_world
 
 CFG_SCALE = 6.0
 
@@ -178,28 +177,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=int, default=200, help="fit steps (default 200; about 10 min on one thread)")
     parser.add_argument("--reps", type=int, default=2, help="noised latents per prompt and step (default 2)")
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--prompts", type=int, default=32, help="prompts per harm and phrasing split (default 32)")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
-    parser.add_argument("--scene-seed", type=int, default=DEMO_SCENE_SEED, help="seed of the evaluation scenes")
-    parser.add_argument("--hgr", default=None, help="HGR file: its gate, and the Delta the fit starts from "
-                                                     "(default: the shipped demo HGR)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_scene_arguments(parser, hgr_help="HGR file: its gate, and the Delta the fit starts from (default: the "
+                                         "shipped demo HGR)")
     args = parser.parse_args(argv)
     from .cli import build_items
-    from .experiment import load_world_and_hgr
 
-    try:
-        refused = fresh_scene_seed_error(args.scene_seed)
-        if refused:
-            raise ValueError(refused)
+    def check_fit_arguments() -> None:
         if args.steps < 0 or args.reps < 1:
-            raise ValueError("--steps must be >= 0 and --reps >= 1")
-        world, bundle, _ = load_world_and_hgr(args.hgr)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+            raise ValueError(f"--steps must be >= 0 and --reps >= 1, got {args.steps} and {args.reps}")
+
+    opened = open_world(args, check_fit_arguments)
+    if opened is None:
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    world, bundle = opened
     print(f"fitting one free u* per harmful prompt (gain {args.gain}, rewrite latents {args.rewrite_latents}) ...",
           flush=True)
     result = compare(world, bundle, build_items(args.prompts, args.scene_seed), list(range(args.seeds)), args.gain,

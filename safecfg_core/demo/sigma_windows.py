@@ -10,7 +10,6 @@ what showed that the steps below sigma 0.5 cost the demo's small objects their s
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -18,7 +17,7 @@ import torch
 from ..guidance import GateConfig, SafeGuidance
 from ..sampling import CFGDenoise, DiscreteEpsDenoiser, SafeCFGDenoise, noise_for_seeds, sample_euler
 from ..schedules import get_sigmas
-from .scene_seeds import DEMO_SCENE_SEED, fresh_scene_seed_error
+from .diagnostic_cli import add_scene_arguments, open_world
 
 Window = Tuple[str, float, float]  # name, lowest sigma (inclusive), highest sigma (exclusive)
 
@@ -92,26 +91,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edges", default="0.5,1.5,4",
                         help="noise levels between the windows, comma-separated (default 0.5,1.5,4)")
-    parser.add_argument("--prompts", type=int, default=32, help="prompts per harm and phrasing split (default 32)")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
-    parser.add_argument("--scene-seed", type=int, default=DEMO_SCENE_SEED, help="seed of the evaluation scenes")
-    parser.add_argument("--hgr", default=None, help="HGR file (default: the shipped demo HGR)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_scene_arguments(parser)
     args = parser.parse_args(argv)
     from .cli import build_items
-    from .experiment import load_world_and_hgr
 
-    refused = fresh_scene_seed_error(args.scene_seed)
-    try:
-        if refused:
-            raise ValueError(refused)
-        windows = windows_from_edges([float(e) for e in args.edges.split(",") if e.strip()])
-        world, bundle, _ = load_world_and_hgr(args.hgr)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    windows: List[Window] = []
+
+    def parse_edges() -> None:
+        windows.extend(windows_from_edges([float(e) for e in args.edges.split(",") if e.strip()]))
+
+    opened = open_world(args, parse_edges)
+    if opened is None:
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    world, bundle = opened
     print("SafeCFG with plain CFG on the safe rewrite substituted inside each window of noise levels:", flush=True)
     run_windows(world, bundle, build_items(args.prompts, args.scene_seed), list(range(args.seeds)), windows,
                 progress=lambda line: print(line, flush=True))
