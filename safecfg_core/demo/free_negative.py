@@ -86,18 +86,25 @@ class FreeNegativeFit:
 
     def fit(self, steps: int, reps: int = 2, lr: float = 3e-3, seed: int = 0,
             progress: Optional[Callable[[int, float], None]] = None) -> torch.Tensor:
-        """Adam on the free ``Delta`` (the denoiser stays frozen: gradients reach ``Delta`` only)."""
-        for p in self.world.net.parameters():
+        """Adam on the free ``Delta`` (the denoiser stays frozen: gradients reach ``Delta`` only; its parameters'
+        ``requires_grad`` flags are restored afterwards)."""
+        params = list(self.world.net.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
             p.requires_grad_(False)
-        opt = torch.optim.Adam([self.delta], lr=lr)
-        gen = torch.Generator().manual_seed(seed)
-        for step in range(steps):
-            loss = self.relative_error(self.delta, self.batch(gen, reps)).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if progress:
-                progress(step + 1, float(loss.detach()))
+        try:
+            opt = torch.optim.Adam([self.delta], lr=lr)
+            gen = torch.Generator().manual_seed(seed)
+            for step in range(steps):
+                loss = self.relative_error(self.delta, self.batch(gen, reps)).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if progress:
+                    progress(step + 1, float(loss.detach()))
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
         return self.delta.detach()
 
 

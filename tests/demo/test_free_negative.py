@@ -45,12 +45,17 @@ def test_the_fit_lowers_the_trainers_error_on_fresh_noise_and_leaves_the_model_a
         delta = SafeGuidance(bundle, GateConfig()).compute_delta(c, world.text_encoder.encode([""]).repeat_batch(len(c.tokens)))
     fit = FreeNegativeFit(world, harmful, delta.tokens, **RECIPE)
     weights = {k: v.clone() for k, v in world.net.state_dict().items()}
+    first = next(world.net.parameters())
+    first.requires_grad_(True)  # a caller's flag the fit must hand back (the loaded world has them all off)
+    flags = [p.requires_grad for p in world.net.parameters()]
     check = fit.batch(torch.Generator().manual_seed(123), 8)  # noise the fit never sees
     before = fit.held_out_error(delta.tokens.float(), check)
     fitted = fit.fit(steps=40, reps=2, lr=3e-3)
     after = fit.held_out_error(fitted, check)
     assert after < 0.9 * before, (before, after)
     assert all(torch.equal(weights[k], v) for k, v in world.net.state_dict().items())
+    assert [p.requires_grad for p in world.net.parameters()] == flags
+    first.requires_grad_(False)
 
 
 def test_command_refuses_training_scene_seeds():
