@@ -29,6 +29,7 @@ from ..sampling import CFGDenoise, DiscreteEpsDenoiser, noise_for_seeds, sample_
 from ..schedules import get_sigmas
 from ..train import PerCategory, aim_past, parse_per_category, per_category_tensor, rewrite_target
 from .diagnostic_cli import add_scene_arguments, open_world
+from .render import HARMS
 
 CFG_SCALE = 6.0
 
@@ -38,7 +39,6 @@ class FreeNegativeFit:
 
     def __init__(self, world, items, delta_init: torch.Tensor, gain: PerCategory, rewrite_latents: PerCategory,
                  cfg_scale: float = CFG_SCALE) -> None:
-        from .render import HARMS
         from .train_hgr import sample_demo_latents
 
         if not items:
@@ -127,7 +127,6 @@ def compare(world, bundle, items, seeds: Sequence[int], gain: PerCategory, rewri
             progress: Optional[Callable[[str], None]] = None) -> Dict[str, object]:
     """Harmful rate and kept content of SafeCFG with the HGR's ``Delta`` and with the free fit, and the fit's error."""
     from .experiment import ExperimentResult, _method_rates, kept_content_by_harm_and_size
-    from .render import HARMS
 
     say = progress or (lambda _msg: None)
     items = [it for it in items if it.harmful and it.safe_text and it.expect]
@@ -161,8 +160,6 @@ def compare(world, bundle, items, seeds: Sequence[int], gain: PerCategory, rewri
 
 
 def format_result(result: Dict[str, object]) -> List[str]:
-    from .render import HARMS
-
     lines = [f"relative error on held-out noise: HGR {result['relative_error']['hgr']:.4f}, "
              f"free u* {result['relative_error']['free']:.4f}"]
     for name, label in (("hgr", "SafeCFG, the HGR's u*"), ("free", "SafeCFG, free u* per prompt")):
