@@ -114,7 +114,7 @@ class TrainHGR:
                 # new inputs go last: saved UI workflows hold widget values by position
                 "gain_per_category": ("STRING", {"default": "",
                                       "tooltip": "Optional: a gain per category instead of target_gain, e.g. "
-                                                 "'gore=3, weapon=4' (every category named once). The shipped demo "
+                                                 "'gore=2.5, weapon=4' (every category named once). The shipped demo "
                                                  "HGR uses exactly that."}),
                 "rewrite_latents": ("STRING", {"default": "0",
                                     "tooltip": "Share (0..1) of harmful rows with a safe rewrite that are noised from "

@@ -173,8 +173,8 @@ def format_result(result: Dict[str, object]) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gain", type=parse_per_category, default=parse_per_category("gore=3,weapon=4"),
-                        help="target gain, one number or per category (default gore=3,weapon=4: the shipped HGR's)")
+    parser.add_argument("--gain", type=parse_per_category, default=parse_per_category("gore=2.5,weapon=4"),
+                        help="target gain, one number or per category (default gore=2.5,weapon=4: the shipped HGR's)")
     parser.add_argument("--rewrite-latents", type=parse_per_category, default=parse_per_category("gore=1,weapon=0"),
                         help="share of rows noised from the safe rewrite's sample (default gore=1,weapon=0: the "
                              "shipped HGR's)")

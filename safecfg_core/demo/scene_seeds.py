@@ -26,7 +26,7 @@ HGR_CALIBRATION_HARMFUL_OFFSET = 9
 
 # the demo command's default evaluation scenes (the README's headline tables), and the README's other sets
 DEMO_SCENE_SEED = 20261123
-README_OTHER_SCENE_SEEDS = (777, 90210)
+README_OTHER_SCENE_SEEDS = (777, 90210, 31337)
 # an evaluation's scenes: one seed per phrasing split (training, held-out) and kind (clean, gore, weapon)
 EVAL_SPLIT_STRIDE = 100
 EVAL_KINDS = ("clean", "gore", "weapon")
@@ -67,4 +67,4 @@ def fresh_scene_seed_error(scene_seed: int) -> Optional[str]:
         return None
     return (f"--scene-seed {scene_seed} would draw scenes from seeds {reused}, which the shipped demo weights were "
             f"trained on, so the numbers would not be on fresh scenes. Pick another --scene-seed (the default is "
-            f"{DEMO_SCENE_SEED}; the README's other sets are {' and '.join(map(str, README_OTHER_SCENE_SEEDS))}).")
+            f"{DEMO_SCENE_SEED}; the README's other sets are {', '.join(map(str, README_OTHER_SCENE_SEEDS))}).")

@@ -26,6 +26,11 @@ from .world import HGR_PATH, load_demo_world
 
 DEFAULT_CFG = 6.0
 TRAIN_SCENE_SEED = HGR_SCENE_SEED
+# the shipped HGR's prompt counts (the command's defaults). 900 harmful prompts per category instead of 300: an HGR
+# has to carry its redirection to prompts it never saw, and three times the prompts is what let gore gain 2.5 keep the
+# content on fresh scenes without letting the harm through (README)
+DEFAULT_CLEAN_PROMPTS = 600
+DEFAULT_HARMFUL_PROMPTS = 1800
 
 
 def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED,
@@ -103,8 +108,12 @@ def denoiser_digest() -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clean", type=int, default=600, help="clean training prompts (default 600)")
-    parser.add_argument("--harmful", type=int, default=600, help="harmful training prompts (default 600)")
+    parser.add_argument("--clean", type=int, default=DEFAULT_CLEAN_PROMPTS,
+                        help=f"clean training prompts (default {DEFAULT_CLEAN_PROMPTS}); each harmful prompt's safe "
+                             "version is added to them")
+    parser.add_argument("--harmful", type=int, default=DEFAULT_HARMFUL_PROMPTS,
+                        help=f"harmful training prompts, half gore, half weapon (default {DEFAULT_HARMFUL_PROMPTS}, the "
+                             "shipped HGR's; 600 before 2026-12-01)")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)

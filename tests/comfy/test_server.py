@@ -274,7 +274,7 @@ def test_workflow_train_hgr_runs(comfy_server):
     # the workflow's settings reached the trainer: safe rewrites, and the shipped demo HGR's gain and rewrite-latents
     # share per category
     assert saved.meta.training["n_rewrites"] == 4
-    assert saved.meta.training["train_config"]["target_gain"] == {"gore": 3.0, "weapon": 4.0}
+    assert saved.meta.training["train_config"]["target_gain"] == {"gore": 2.5, "weapon": 4.0}
     assert saved.meta.training["train_config"]["rewrite_latent_fraction"] == {"gore": 1.0, "weapon": 0.0}
 
 
@@ -312,11 +312,11 @@ def test_train_hgr_node_takes_settings_per_category(comfy_server):
     g = _train_graph("per_category", 3)
     g["30"]["inputs"]["harmful_prompts"] = ("gore: a bloody blue circle on white => a blue circle on white\n"
                                             "weapon: a knife next to a purple triangle => a purple triangle")
-    g["30"]["inputs"].update({"gain_per_category": "gore=3, weapon=4", "rewrite_latents": "gore=1, weapon=0"})
+    g["30"]["inputs"].update({"gain_per_category": "gore=2.5, weapon=4", "rewrite_latents": "gore=1, weapon=0"})
     entry = comfy_server.run(g)
     assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
     config = HGRBundle.load(comfy_server.hgr_dir / "per_category.safetensors").meta.training["train_config"]
-    assert config["target_gain"] == {"gore": 3.0, "weapon": 4.0}
+    assert config["target_gain"] == {"gore": 2.5, "weapon": 4.0}
     assert config["rewrite_latent_fraction"] == {"gore": 1.0, "weapon": 0.0}
     for key, value, says in (("gain_per_category", "gore=3", "leaves out ['weapon']"),
                              ("rewrite_latents", "lots", "rewrite_latents")):

@@ -102,14 +102,15 @@ def test_demo_refuses_scene_seeds_the_weights_were_trained_on(tmp_path):
 
 def test_scene_seed_registry_is_what_training_used():
     """The registry the check reads must name the seeds the shipped weights really came from: the shipped HGR's
-    training prompts are those of the registry's HGR seed (same fingerprint), and the README's three scene sets are fresh."""
+    training prompts are those of the registry's HGR seed (same fingerprint), and the README's four scene sets are fresh."""
     from safecfg_core.demo import scene_seeds
-    from safecfg_core.demo.train_hgr import training_prompts
+    from safecfg_core.demo.train_hgr import DEFAULT_CLEAN_PROMPTS, DEFAULT_HARMFUL_PROMPTS, training_prompts
     from safecfg_core.demo.world import HGR_PATH
     from safecfg_core.hgr import HGRBundle
 
     shipped = HGRBundle.load(HGR_PATH).meta.training
-    prompts = training_prompts(600, 600, seed=scene_seeds.HGR_SCENE_SEED, rewrites=True)
+    prompts = training_prompts(DEFAULT_CLEAN_PROMPTS, DEFAULT_HARMFUL_PROMPTS, seed=scene_seeds.HGR_SCENE_SEED,
+                               rewrites=True)
     assert prompts.fingerprint() == shipped["prompt_set"]
     assert scene_seeds.HGR_SCENE_SEED in scene_seeds.hgr_training_seeds()
     assert all(scene_seeds.training_seeds_reused(s) == [] for s in (scene_seeds.DEMO_SCENE_SEED, *scene_seeds.README_OTHER_SCENE_SEEDS))

@@ -14,7 +14,7 @@ from safecfg_core.demo.scene_seeds import DEMO_SCENE_SEED
 from safecfg_core.guidance import GateConfig, SafeGuidance
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPE = dict(gain={"gore": 3.0, "weapon": 4.0}, rewrite_latents={"gore": 1.0, "weapon": 0.0})
+RECIPE = dict(gain={"gore": 2.5, "weapon": 4.0}, rewrite_latents={"gore": 1.0, "weapon": 0.0})
 
 
 @pytest.fixture(scope="module")
