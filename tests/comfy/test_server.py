@@ -276,6 +276,11 @@ def test_workflow_train_hgr_runs(comfy_server):
     assert saved.meta.training["n_rewrites"] == 4
     assert saved.meta.training["train_config"]["target_gain"] == {"gore": 2.5, "weapon": 4.0}
     assert saved.meta.training["train_config"]["rewrite_latent_fraction"] == {"gore": 1.0, "weapon": 0.0}
+    # ... which are the settings the shipped file records, so the workflow cannot drift from a retrained HGR
+    from safecfg_core.demo.world import HGR_PATH
+    shipped = HGRBundle.load(HGR_PATH).meta.training["train_config"]
+    for key in ("target_gain", "rewrite_latent_fraction"):
+        assert saved.meta.training["train_config"][key] == shipped[key], key
 
 
 def test_conditioning_combine_uses_most_harmful(comfy_server, hgr_files):
