@@ -18,8 +18,9 @@ METHOD.md does (one ``u*`` per prompt for every step).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -171,13 +172,32 @@ def format_result(result: Dict[str, object]) -> List[str]:
     return lines
 
 
+def recipe_or_recorded(bundle, gain: Optional[PerCategory],
+                       rewrite_latents: Optional[PerCategory]) -> Tuple[PerCategory, PerCategory]:
+    """The fit's gain and rewrite-latent share: the ones given, else the ones the HGR file records it was trained
+    with. Reading them from the file keeps the fit on the HGR's own objective when the HGR is retrained with another
+    recipe, instead of a default that goes stale."""
+    recorded = (bundle.meta.training or {}).get("train_config", {})
+    keys = {"gain": ("target_gain", gain), "rewrite latents": ("rewrite_latent_fraction", rewrite_latents)}
+    out = []
+    for flag, (key, given) in keys.items():
+        if given is None:
+            if key not in recorded:
+                raise ValueError(f"the HGR file records no {key!r} (it was not trained by this pack's trainer); "
+                                 f"pass --{flag.replace(' ', '-')} explicitly")
+            given = recorded[key]
+        out.append(given)
+    return out[0], out[1]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gain", type=parse_per_category, default=parse_per_category("gore=2.5,weapon=4"),
-                        help="target gain, one number or per category (default gore=2.5,weapon=4: the shipped HGR's)")
-    parser.add_argument("--rewrite-latents", type=parse_per_category, default=parse_per_category("gore=1,weapon=0"),
-                        help="share of rows noised from the safe rewrite's sample (default gore=1,weapon=0: the "
-                             "shipped HGR's)")
+    parser.add_argument("--gain", type=parse_per_category, default=None,
+                        help="target gain, one number or per category (default: the one the HGR file records it was "
+                             "trained with; the shipped HGR's is gore=2.5,weapon=4)")
+    parser.add_argument("--rewrite-latents", type=parse_per_category, default=None,
+                        help="share of rows noised from the safe rewrite's sample (default: the HGR file's recorded "
+                             "share; the shipped HGR's is gore=1,weapon=0)")
     parser.add_argument("--steps", type=int, default=200, help="fit steps (default 200; about 10 min on one thread)")
     parser.add_argument("--reps", type=int, default=2, help="noised latents per prompt and step (default 2)")
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -194,6 +214,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if opened is None:
         return 2
     world, bundle = opened
+    try:
+        gain, rewrite_latents = recipe_or_recorded(bundle, args.gain, args.rewrite_latents)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    args.gain, args.rewrite_latents = gain, rewrite_latents
     print(f"fitting one free u* per harmful prompt (gain {args.gain}, rewrite latents {args.rewrite_latents}) ...",
           flush=True)
     result = compare(world, bundle, build_items(args.prompts, args.scene_seed), list(range(args.seeds)), args.gain,

@@ -63,3 +63,19 @@ def test_command_refuses_training_scene_seeds():
     proc = subprocess.run([sys.executable, "-m", "safecfg_core.demo.free_negative", "--scene-seed", "4242"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "4242" in proc.stderr and "Pick another --scene-seed" in proc.stderr
+
+
+def test_fit_recipe_defaults_to_the_one_the_hgr_file_records(small_set):
+    """With no --gain / --rewrite-latents the fit uses the HGR's own recorded recipe (the shipped one's is RECIPE);
+    given values win; a file that records none is refused with the flag to pass."""
+    from dataclasses import replace
+
+    from safecfg_core.demo.free_negative import recipe_or_recorded
+
+    _, bundle, _, _ = small_set
+    assert recipe_or_recorded(bundle, None, None) == (RECIPE["gain"], RECIPE["rewrite_latents"])
+    assert recipe_or_recorded(bundle, 2.0, None) == (2.0, RECIPE["rewrite_latents"])
+    bare = replace(bundle, meta=replace(bundle.meta, training={}))
+    with pytest.raises(ValueError, match="--gain"):
+        recipe_or_recorded(bare, None, 0.0)
+    assert recipe_or_recorded(bare, 1.0, 0.0) == (1.0, 0.0)
