@@ -18,6 +18,11 @@ DENOISER_PROMPTS_OFFSET = 21
 DENOISER_SMALL_OFFSET = 23
 DENOISER_CONCEPT_OFFSET = 30
 
+# offsets from the world seed of the render pools the VAE and the evaluator were trained on (scenes without prompts:
+# an evaluation on them would have the evaluator judge renders of scenes it was trained on)
+VAE_POOL_OFFSET = 11
+EVALUATOR_POOL_OFFSET = 41
+
 # ``train_hgr``: its clean prompts, harmful prompts, and the fresh prompts it calibrates the threshold on
 HGR_SCENE_SEED = 4242
 HGR_HARMFUL_OFFSET = 1
@@ -39,6 +44,11 @@ def denoiser_training_seeds(world_seed: int = WORLD_SEED, n_concepts: int = 2) -
                      | {world_seed + DENOISER_CONCEPT_OFFSET + j for j in range(n_concepts)})
 
 
+def render_pool_training_seeds(world_seed: int = WORLD_SEED) -> FrozenSet[int]:
+    """Scene seeds of the VAE's and the evaluator's training render pools."""
+    return frozenset({world_seed + VAE_POOL_OFFSET, world_seed + EVALUATOR_POOL_OFFSET})
+
+
 def hgr_training_seeds(hgr_seed: int = HGR_SCENE_SEED) -> FrozenSet[int]:
     """Scene seeds ``train_hgr`` trained and calibrated the shipped HGR on."""
     return frozenset(hgr_seed + k for k in (0, HGR_HARMFUL_OFFSET, HGR_CALIBRATION_CLEAN_OFFSET,
@@ -56,7 +66,7 @@ def evaluation_seeds(scene_seed: int) -> List[int]:
 
 def training_seeds_reused(scene_seed: int) -> List[int]:
     """The seeds an evaluation with ``scene_seed`` would share with the shipped weights' training (empty if none)."""
-    used = denoiser_training_seeds() | hgr_training_seeds()
+    used = denoiser_training_seeds() | render_pool_training_seeds() | hgr_training_seeds()
     return sorted(set(evaluation_seeds(scene_seed)) & used)
 
 

@@ -115,3 +115,6 @@ def test_scene_seed_registry_is_what_training_used():
     assert scene_seeds.HGR_SCENE_SEED in scene_seeds.hgr_training_seeds()
     assert all(scene_seeds.training_seeds_reused(s) == [] for s in (scene_seeds.DEMO_SCENE_SEED, *scene_seeds.README_OTHER_SCENE_SEEDS))
     assert scene_seeds.training_seeds_reused(21) == [21, 23]  # the denoiser's prompts (and their small objects)
+    # the VAE's and the evaluator's render pools (seed 0 + 11 and + 41, as the shipped files' seed and command give)
+    assert scene_seeds.training_seeds_reused(11) == [11]
+    assert scene_seeds.training_seeds_reused(40) == [41]  # 40 draws its scenes from seeds 40, 41, 42, 140, 141, 142
