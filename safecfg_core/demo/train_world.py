@@ -109,8 +109,9 @@ def edge_loss(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def stage_vae(args) -> None:
     torch.manual_seed(args.seed)
     t0 = time.time()
-    _, pool, cover = render_pool(args.vae_pool, seed=args.seed + VAE_POOL_OFFSET, small_fraction=args.vae_small_fraction,
-                                 harm_fraction=args.vae_harm_fraction, with_objects=True)
+    _, pool, cover = render_pool(args.vae_pool, seed=args.seed + VAE_POOL_OFFSET,
+                                 small_fraction=args.vae_small_fraction, harm_fraction=args.vae_harm_fraction,
+                                 with_objects=True)
     pool8 = (pool * 255).round().to(torch.uint8)
     cover8 = (cover * 255).round().to(torch.uint8)
     del pool, cover
@@ -597,7 +598,8 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-width", type=int, default=24)
     ap.add_argument("--eval-init", default="", help="evaluator: continue from this weight file")
     ap.add_argument("--eval-seed-offset", type=int, default=EVALUATOR_POOL_OFFSET,
-                    help="evaluator: scene seed offset of its render pool (the shipped evaluator's is the default; the demo command refuses evaluation scenes that reuse it)")
+                    help="evaluator: scene seed offset of its render pool (the shipped evaluator's is the default; "
+                         "the demo command refuses evaluation scenes that reuse it)")
     ap.add_argument("--eval-vae", default="", help="VAE file for the round-trip half of the pool (default: weights/)")
     ap.add_argument("--check-n", type=int, default=128)
     ap.add_argument("--check-steps", type=int, default=20)
