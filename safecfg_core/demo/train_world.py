@@ -29,8 +29,8 @@ from .denoiser import DemoDiT
 from .evaluator import HEADS, DemoEvaluator
 from .prompts import CONCEPTS, sample_prompts
 from .render import labels_of, make_some_small, random_scenes, render_scenes, save_grid
-from .scene_seeds import (DENOISER_CONCEPT_OFFSET, DENOISER_PROMPTS_OFFSET, DENOISER_SMALL_OFFSET, EVALUATOR_POOL_OFFSET,
-                          VAE_POOL_OFFSET)
+from .scene_seeds import (DENOISER_CONCEPT_OFFSET, DENOISER_PROMPTS_OFFSET, DENOISER_SMALL_OFFSET,
+                          EVALUATOR_POOL_OFFSET, VAE_POOL_OFFSET)
 from .vae import DemoVAE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
