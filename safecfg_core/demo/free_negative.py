@@ -178,16 +178,17 @@ def recipe_or_recorded(bundle, gain: Optional[PerCategory],
     with. Reading them from the file keeps the fit on the HGR's own objective when the HGR is retrained with another
     recipe, instead of a default that goes stale."""
     recorded = (bundle.meta.training or {}).get("train_config", {})
-    keys = {"gain": ("target_gain", gain), "rewrite latents": ("rewrite_latent_fraction", rewrite_latents)}
-    out = []
-    for flag, (key, given) in keys.items():
-        if given is None:
-            if key not in recorded:
-                raise ValueError(f"the HGR file records no {key!r} (it was not trained by this pack's trainer); "
-                                 f"pass --{flag.replace(' ', '-')} explicitly")
-            given = recorded[key]
-        out.append(given)
-    return out[0], out[1]
+
+    def given_or_recorded(given: Optional[PerCategory], key: str, flag: str) -> PerCategory:
+        if given is not None:
+            return given
+        if key not in recorded:
+            raise ValueError(f"the HGR file records no {key!r} (it was not trained by this pack's trainer); "
+                             f"pass {flag} explicitly")
+        return recorded[key]
+
+    return (given_or_recorded(gain, "target_gain", "--gain"),
+            given_or_recorded(rewrite_latents, "rewrite_latent_fraction", "--rewrite-latents"))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
