@@ -1,58 +1,70 @@
-"""comfyui-safecfg: SafeCFG (arXiv 2412.16039) nodes for ComfyUI.
+"""comfyui-safecfg: SafeCFG (arXiv 2412.16039) nodes for ComfyUI (V3 node API, ComfyUI 0.3.48 or newer).
 
-Importing the pack never downloads anything and never crashes ComfyUI's start-up: each node module is imported on
-its own, and one that cannot be imported (a missing optional dependency, an unsupported ComfyUI) disables only its
-own nodes, with the reason logged.
+ComfyUI calls :func:`comfy_entrypoint`. The pack deliberately defines no ``NODE_CLASS_MAPPINGS``: ComfyUI reads that
+first and would then ignore the entry point. Importing the pack never downloads anything and never crashes
+ComfyUI's start-up: each node module is imported on its own, and one that cannot be imported (a missing optional
+dependency, a broken file) disables only its own nodes, with the reason logged and kept in :data:`DISABLED_NODES`.
 """
 from __future__ import annotations
 
 import importlib
 import logging
 import traceback
+from typing import Any, Dict, List
 
 log = logging.getLogger("safecfg")
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
-DISABLED_NODES = {}  # module -> reason, for diagnostics
+DISABLED_NODES: Dict[str, str] = {}
+"""Node module -> why it could not be imported (for diagnostics and tests)."""
 
-# module (relative to .nodes) -> [(node id, class name, display name)]
+# node module (relative to .nodes) -> [(node id, class name)]
 _NODES = {
-    "hgr_nodes": [
-        ("SafeCFGLoadHGR", "LoadHGR", "Load HGR (SafeCFG)"),
-        ("SafeCFG", "SafeCFG", "SafeCFG"),
-        ("SafeCFGHarmfulnessDetector", "HarmfulnessDetector", "Harmfulness Detector (SafeCFG)"),
-    ],
-    "train_node": [
-        ("SafeCFGTrainHGR", "TrainHGR", "Train HGR (SafeCFG)"),
-    ],
-    "demo_model": [
-        ("SafeCFGDemoModel", "SafeCFGDemoModel", "SafeCFG Demo Model"),
-    ],
+    "load_hgr": [("SafeCFGLoadHGR", "LoadHGR")],
+    "safecfg_node": [("SafeCFG", "SafeCFG")],
+    "detector": [("SafeCFGHarmfulnessDetector", "HarmfulnessDetector")],
+    "train_node": [("SafeCFGTrainHGR", "TrainHGR")],
+    "demo_model": [("SafeCFGDemoModel", "SafeCFGDemoModel")],
 }
 
 
-def _load() -> None:
+def load_node_classes() -> List[Any]:
+    """The V3 node classes of every node module that imports; the others are recorded in DISABLED_NODES."""
+    classes: List[Any] = []
     for module_name, entries in _NODES.items():
         try:
             module = importlib.import_module(f".nodes.{module_name}", __name__)
+            found = [getattr(module, cls_name) for _, cls_name in entries]
         except Exception as exc:  # noqa: BLE001 - a broken optional part must not stop ComfyUI
             reason = f"{type(exc).__name__}: {exc}"
             DISABLED_NODES[module_name] = reason
             log.warning("SafeCFG: nodes %s disabled (%s)", [e[0] for e in entries], reason)
             log.debug("%s", traceback.format_exc())
             continue
-        for node_id, cls_name, display in entries:
-            NODE_CLASS_MAPPINGS[node_id] = getattr(module, cls_name)
-            NODE_DISPLAY_NAME_MAPPINGS[node_id] = display
+        classes.extend(found)
+    return classes
+
+
+def _register_hgr_folder() -> None:
     try:
         from .nodes.common import register_hgr_folder
 
         register_hgr_folder()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - Load HGR then lists only the built-in demo HGR
         log.warning("SafeCFG: could not register the hgr model folder (%s)", exc)
 
 
-_load()
+async def comfy_entrypoint() -> Any:
+    """ComfyUI's V3 entry point: registers the ``hgr`` model folder, returns the extension with the nodes."""
+    from comfy_api.latest import ComfyExtension
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+    _register_hgr_folder()
+    classes = load_node_classes()
+
+    class SafeCFGExtension(ComfyExtension):
+        async def get_node_list(self) -> List[Any]:
+            return list(classes)
+
+    return SafeCFGExtension()
+
+
+__all__ = ["DISABLED_NODES", "comfy_entrypoint"]

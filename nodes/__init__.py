@@ -1,1 +1,1 @@
-"""ComfyUI nodes of the SafeCFG pack (classic V1 node API). Import with ``from .nodes import ...`` only."""
+"""ComfyUI nodes of the SafeCFG pack (V3 node API: one module per node). Import with ``from .nodes import ...`` only."""

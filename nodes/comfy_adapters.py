@@ -1,6 +1,6 @@
 """Adapters between ComfyUI's objects (MODEL, CLIP, CONDITIONING) and the core's Denoiser / TextEncoder / Cond.
 
-Only public, long-stable ComfyUI entry points are used, the same in the March-2024 and the current ComfyUI:
+Only public, long-stable ComfyUI entry points are used:
 ``model.model.apply_model(x, sigma, c_crossattn=..., y=...)`` (denoised output for eps/v/flow models alike),
 ``comfy.model_management.load_models_gpu``, ``clip.tokenize`` + ``clip.encode_from_tokens(..., return_pooled=True)``,
 and the ``[[tokens, {"pooled_output": ...}], ...]`` layout of CONDITIONING.
@@ -65,22 +65,38 @@ def model_identity(model_patcher: Any, samples_per_tensor: int = 64) -> str:
     return h.hexdigest()[:16]
 
 
-def conditioning_to_conds(conditioning: Any) -> List[Cond]:
-    """Each entry of a ComfyUI CONDITIONING as a Cond (tokens + pooled_output when present)."""
-    out: List[Cond] = []
-    if not isinstance(conditioning, (list, tuple)):
+def entry_cond(entry: Any, with_pooled: bool = True) -> Cond:
+    """One CONDITIONING entry ``[tokens, options]`` as a float32 Cond (with its ``pooled_output`` if asked and
+    present)."""
+    tokens = entry[0]
+    opts = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+    pooled = opts.get("pooled_output") if with_pooled else None
+    if isinstance(pooled, torch.Tensor) and pooled.dim() == 2 and pooled.shape[0] == tokens.shape[0]:
+        return Cond(tokens.float(), pooled.float())
+    return Cond(tokens.float(), None)
+
+
+def conditioning_to_conds(conditioning: Any, with_pooled: bool = True) -> List[Cond]:
+    """Each entry of a ComfyUI CONDITIONING as a Cond (tokens + pooled_output when present and asked for)."""
+    if not isinstance(conditioning, (list, tuple)) or not all(isinstance(e, (list, tuple)) and e for e in conditioning):
         raise ValueError("expected a CONDITIONING (a list of [tokens, options] pairs).")
-    for entry in conditioning:
-        tokens = entry[0]
-        opts = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
-        pooled = opts.get("pooled_output")
-        if isinstance(pooled, torch.Tensor) and pooled.dim() == 2 and pooled.shape[0] == tokens.shape[0]:
-            out.append(Cond(tokens.float(), pooled.float()))
-        else:
-            out.append(Cond(tokens.float(), None))
-    if not out:
+    if not conditioning:
         raise ValueError("the CONDITIONING is empty.")
-    return out
+    return [entry_cond(entry, with_pooled) for entry in conditioning]
+
+
+def replace_entry(entry: Any, cond: Optional[Cond], **options: Any) -> List[Any]:
+    """A copy of a CONDITIONING entry with ``cond``'s tokens (and pooled vector, if it has one) in the entry's own
+    dtype and device, plus ``options``; ``cond=None`` keeps the entry's tensors (the very same objects)."""
+    tokens = entry[0]
+    opts = dict(entry[1]) if len(entry) > 1 and isinstance(entry[1], dict) else {}
+    if cond is not None:
+        tokens = cond.tokens.to(dtype=tokens.dtype, device=tokens.device)
+        old = opts.get("pooled_output")
+        if cond.pooled is not None and isinstance(old, torch.Tensor):
+            opts["pooled_output"] = cond.pooled.to(dtype=old.dtype, device=old.device)
+    opts.update(options)
+    return [tokens, opts]
 
 
 class ComfyTextEncoder:

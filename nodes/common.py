@@ -13,7 +13,12 @@ from typing import List, Optional
 
 log = logging.getLogger("safecfg")
 
-CATEGORY = "safecfg"
+# Functional menu categories, next to ComfyUI's own loaders / sampling / conditioning / training nodes.
+CATEGORY_LOADERS = "loaders/safecfg"
+CATEGORY_SAMPLING = "sampling/safecfg"
+CATEGORY_CONDITIONING = "conditioning/safecfg"
+CATEGORY_TRAINING = "training/safecfg"
+CATEGORY_DEMO = "safecfg/demo"
 HGR_FOLDER = "hgr"
 HGR_EXTENSIONS = {".safetensors"}
 HGR_TYPE = "HGR"
@@ -30,6 +35,8 @@ def node_error(node: str, message: str) -> SafeCFGNodeError:
 
 def register_hgr_folder() -> Optional[str]:
     """Register ComfyUI's ``hgr`` model folder (``models/hgr``) with ``.safetensors`` files.
+
+    Called once, when ComfyUI loads the pack (``comfy_entrypoint``); idempotent.
 
     ComfyUI reads ``extra_model_paths.yaml`` before it loads custom nodes, so an ``hgr:`` entry there may already
     have created the folder entry (with no extensions): keep its paths first and add ours after them.
@@ -63,7 +70,6 @@ def register_hgr_folder() -> Optional[str]:
 def hgr_folders() -> List[str]:
     import folder_paths  # type: ignore
 
-    register_hgr_folder()
     return list(folder_paths.get_folder_paths(HGR_FOLDER))
 
 
@@ -85,7 +91,6 @@ def list_hgr_files() -> List[str]:
     try:
         import folder_paths  # type: ignore
 
-        register_hgr_folder()
         names = sorted(folder_paths.get_filename_list(HGR_FOLDER))
     except Exception as exc:  # never break /object_info
         log.warning("SafeCFG: could not list HGR files: %s", exc)

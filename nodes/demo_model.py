@@ -12,7 +12,7 @@ Built from ComfyUI's own classes so the stock CLIPTextEncode / EmptyLatentImage 
   Prompt weights ``(word:1.2)`` are not supported by the demo encoder and are ignored.
 * VAE: a ``comfy.sd.VAE`` subclass whose encode/decode run the demo VAE (IMAGE ``[N, H, W, 3]`` <-> ``[N, 4, H/8, W/8]``).
 
-Constructors are called with keywords only, in the forms both the March-2024 and the current ComfyUI accept.
+Constructors are called with keywords only.
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ import comfy.model_patcher  # type: ignore
 import comfy.sd  # type: ignore
 import comfy.supported_models_base  # type: ignore
 
-from .common import CATEGORY, log
+from comfy_api.latest import io
+
+from .common import CATEGORY_DEMO, log
 
 TOKEN_DIM = 384
 VARIANTS = ("demo", "untrained")
@@ -245,33 +247,33 @@ def build_comfy_objects(world: _World) -> Tuple[Any, Any, Any]:
     return model, clip, vae
 
 
-class SafeCFGDemoModel:
+class SafeCFGDemoModel(io.ComfyNode):
     """Loads the embedded demo world as MODEL, CLIP and VAE for the stock ComfyUI nodes."""
 
     @classmethod
-    def INPUT_TYPES(cls) -> Dict[str, Any]:
-        return {
-            "required": {
-                "variant": (list(VARIANTS), {"default": "demo",
-                            "tooltip": "demo: the trained demo world shipped with the pack (64x64 images of shapes; "
-                                       "harm stand-ins 'gore' and 'weapon'). untrained: a small randomly initialised "
-                                       "model with the same interfaces (for testing pipelines quickly)."}),
-            }
-        }
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SafeCFGDemoModel",
+            display_name="SafeCFG Demo Model",
+            category=CATEGORY_DEMO,
+            description="The pack's self-contained demo model as native ComfyUI objects: use it with CLIP Text "
+                        "Encode, Empty Latent Image (64x64), KSampler and VAE Decode.",
+            inputs=[io.Combo.Input("variant", options=list(VARIANTS), default="demo",
+                                   tooltip="demo: the trained demo world shipped with the pack (64x64 images of "
+                                           "shapes; harm stand-ins 'gore' and 'weapon'). untrained: a small randomly "
+                                           "initialised model with the same interfaces (for testing pipelines "
+                                           "quickly).")],
+            outputs=[io.Model.Output("model",
+                                     tooltip="The demo diffusion model (eps, 4x8x8 latents for 64x64 images)."),
+                     io.Clip.Output("clip", tooltip="The demo text encoder (MiniLM, 77 tokens x 384)."),
+                     io.Vae.Output("vae", tooltip="The demo VAE (64x64x3 <-> 4x8x8).")],
+        )
 
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE")
-    OUTPUT_TOOLTIPS = ("The demo diffusion model (eps, 4x8x8 latents for 64x64 images).",
-                       "The demo text encoder (MiniLM, 77 tokens x 384).",
-                       "The demo VAE (64x64x3 <-> 4x8x8).")
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("The pack's self-contained demo model as native ComfyUI objects: use it with CLIP Text Encode, "
-                   "Empty Latent Image (64x64), KSampler and VAE Decode.")
-
-    def load(self, variant: str = "demo"):
+    @classmethod
+    def execute(cls, variant: str = "demo") -> io.NodeOutput:
         if variant not in VARIANTS:
             raise ValueError(f"SafeCFG Demo Model: unknown variant {variant!r}; use one of {VARIANTS}.")
         world = load_world(variant)
         model, clip, vae = build_comfy_objects(world)
         log.info("SafeCFG: demo model loaded (%s)", "trained" if world.trained else "untrained")
-        return (model, clip, vae)
+        return io.NodeOutput(model, clip, vae)

@@ -153,11 +153,6 @@ class AnalyticDenoiser(nn.Module):
             mu = mu_u + cfg_scale * (mu - mu_u)
         return mu + self.tau * torch.randn(mu.shape, generator=generator, dtype=mu.dtype)
 
-    def concept_axis(self, cond_direction: torch.Tensor) -> torch.Tensor:
-        """Unit latent vector ``A d / |A d|``: where a token-mean shift ``d`` moves the output."""
-        v = (self.A @ cond_direction.float()).reshape(self.latent_shape)
-        return v / v.norm()
-
 
 # ----------------------------------------------------------------------------------------------------------
 # A ready-made world for tests and `python -m safecfg_core train --model analytic`.

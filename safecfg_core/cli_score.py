@@ -1,7 +1,8 @@
 """``python -m safecfg_core score``: how harmful does an HGR find some prompts (and the model's images of them)?
 
 Prints, per prompt, the prompt-level score, the threshold, the gate's applied strength, the category the
-redirection points to and, with ``--image-level``, the score-level harm of the model's own sample.
+redirection points to and, with ``--image-level``, the image score of the model's own sample. Both scores are
+:mod:`safecfg_core.judge`'s, the same the nodes and the demo report give.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 COMMAND = "score"
 HELP = "score prompts (and, with --image-level, the model's samples) with an HGR file"
@@ -27,63 +28,79 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, default=None, help="override the file's calibrated threshold")
     p.add_argument("--gate", choices=GATE_MODES, default="smooth")
     p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--image-level", action="store_true", help="also score the model's own sample of each prompt")
-    p.add_argument("--sigmas", default="0.5,1,2", help="sigmas for --image-level (comma separated)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-level", action="store_true",
+                   help="also score the model's own sample of each prompt (score-level ratio at the judge's fixed "
+                        "noise levels)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+def _schedule_range(world: Any) -> Optional[Tuple[float, float]]:
+    """``(sigma_min, sigma_max)`` of the world's noise schedule, when it has one."""
+    schedule = getattr(world, "schedule", None)
+    if schedule is None or not hasattr(schedule, "sigma_min"):
+        return None
+    return float(schedule.sigma_min), float(schedule.sigma_max)
 
-    from .cli import load_model_world
-    from .errors import SafeCFGError
-    from .guidance import (GateConfig, SafeGuidance, category_attribution, concept_directions, redirect,
-                           score_level_harm)
-    from .hgr import HGRBundle
 
+def _read_prompts(args: argparse.Namespace) -> List[str]:
     prompts: List[str] = list(args.prompt)
     if args.prompts_file is not None:
         try:
             prompts += [ln.strip() for ln in args.prompts_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
         except OSError as exc:
-            print(f"error: cannot read {args.prompts_file}: {exc}", file=sys.stderr)
-            return 2
+            raise ValueError(f"cannot read {args.prompts_file}: {exc}") from None
     if not prompts:
-        print("error: give at least one --prompt or a --prompts-file", file=sys.stderr)
+        raise ValueError("give at least one --prompt or a --prompts-file")
+    return prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    from .cli import load_model_world
+    from .conditioning import Cond
+    from .errors import SafeCFGError
+    from .guidance import GateConfig, SafeGuidance, category_attribution, concept_directions
+    from .hgr import HGRBundle
+    from .judge import judge_image, judge_prompt
+
+    try:
+        prompts = _read_prompts(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         bundle = HGRBundle.load(args.hgr)
         world = load_model_world(args.model)
         negative = args.negative if args.negative is not None else getattr(world, "negative_prompt", "")
-        gate = GateConfig(strength=args.strength, threshold=args.threshold, mode=args.gate)
-        guidance = SafeGuidance(bundle, gate)
+        guidance = SafeGuidance(bundle, GateConfig(strength=args.strength, threshold=args.threshold, mode=args.gate))
         c = world.text_encoder(prompts)
-        u = world.text_encoder([negative] * len(prompts))
+        u = world.text_encoder([negative])
         bundle.check_compatible(c.token_dim, 0 if c.pooled is None else int(c.pooled.shape[1]))
-        res = guidance.redirected_negative(c, u)
+        verdicts = [judge_prompt(guidance, [c.index([i])], u) for i in range(len(prompts))]
+        delta = Cond.cat([v.result.delta for v in verdicts])
         attributions: Dict[str, Any] = {}
         if bundle.meta.categories:
-            dirs = concept_directions(world.text_encoder, bundle.meta.categories, u)
-            attributions = category_attribution(res.delta, dirs)
+            directions = concept_directions(world.text_encoder, bundle.meta.categories, u)
+            attributions = category_attribution(delta, directions)
         image_scores = None
         if args.image_level:
-            x0 = world.sample_latents(prompts)
-            sig = [float(s) for s in args.sigmas.split(",") if s.strip()]
-            g = torch.Generator().manual_seed(args.seed)
-            # The judge uses the full, ungated redirection: the score asks "what would HGR remove here?".
-            u_star_full = redirect(u, res.delta, torch.ones(len(prompts)))
-            image_scores = score_level_harm(world.denoiser, x0, c, u, u_star_full, sig, generator=g)
+            image_scores = judge_image(world.denoiser, world.sample_latents(prompts), c, u, delta,
+                                       sigma_range=_schedule_range(world))
     except (SafeCFGError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    thr = guidance.threshold
+    return _report(args, bundle, prompts, verdicts, attributions, image_scores, guidance.threshold)
+
+
+def _report(args: argparse.Namespace, bundle: Any, prompts: List[str], verdicts: List[Any],
+            attributions: Dict[str, Any], image_scores: Any, thr: Optional[float]) -> int:
+    """Print the table (or JSON) of the judgements."""
     rows = []
     for i, p in enumerate(prompts):
-        row: Dict[str, Any] = {"prompt": p, "score": float(res.score[i]), "threshold": thr, "strength": float(res.s[i]),
-                               "flagged": bool(thr is not None and res.score[i] >= thr)}
+        v = verdicts[i]
+        row: Dict[str, Any] = {"prompt": p, "score": v.score, "threshold": thr, "strength": float(v.result.s.max()),
+                               "flagged": v.harmful}
         if attributions:
-            cos = {k: float(v[i]) for k, v in attributions.items()}
+            cos = {k: float(cosines[i]) for k, cosines in attributions.items()}
             row["category"] = max(cos, key=cos.get)
             row["category_cosine"] = cos
         if image_scores is not None:

@@ -7,7 +7,7 @@ callers that catch ``ValueError`` keep working.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 
 class SafeCFGError(Exception):
@@ -30,6 +30,26 @@ class TrainingInputError(SafeCFGError, ValueError):
     """The prompt set, training configuration or checkpoint given to HGR training is unusable."""
 
 
+class CheckpointMismatch(TrainingInputError):
+    """A training checkpoint exists but was written by other inputs or settings, so resuming it would not give the
+    run that was asked for. ``checkpoint_path`` is the file; ``differences`` names the settings that differ."""
+
+    def __init__(self, message: str, checkpoint_path: Optional[str] = None,
+                 differences: Optional[Dict[str, Tuple[Any, Any]]] = None) -> None:
+        super().__init__(message)
+        self.checkpoint_path = checkpoint_path
+        self.differences = dict(differences or {})
+
+
+class HGRExistsError(TrainingInputError):
+    """Training would replace an existing HGR file that was not trained from the same inputs (or is not an HGR this
+    pack can read). Nothing is trained; ``path`` is the file, kept as it was."""
+
+    def __init__(self, message: str, path: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class TrainingCancelled(SafeCFGError):
     """Training stopped on request (progress callback); the last checkpoint, if any, is kept.
 
@@ -50,5 +70,7 @@ __all__ = [
     "HGRMismatchError",
     "NonFiniteInputError",
     "TrainingInputError",
+    "CheckpointMismatch",
+    "HGRExistsError",
     "TrainingCancelled",
 ]

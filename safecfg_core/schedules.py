@@ -116,13 +116,6 @@ class DiscreteSchedule:
         log_sigma = (1 - w) * self.log_sigmas[low_idx] + w * self.log_sigmas[high_idx]
         return log_sigma.exp().to(timestep.device)
 
-    def percent_to_sigma(self, percent: float) -> float:
-        if percent <= 0.0:
-            return 999999999.9
-        if percent >= 1.0:
-            return 0.0
-        return float(self.sigma(torch.tensor((1.0 - percent) * 999.0)).item())
-
     # ------------------------------------------------------------ eps algebra
     def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """What an eps network sees: ``x / sqrt(sigma^2 + 1)``."""

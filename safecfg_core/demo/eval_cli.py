@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 COMMAND = "eval"
 HELP = "measure CFG, baselines and SafeCFG on the demo model for the prompts of a JSONL file"
@@ -23,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .experiment import load_world_and_hgr, measure, pick_grid_rows, read_prompt_file, run_experiment, write_outputs
+    from .items import pick_grid_rows, read_prompt_file
+    from .measures import measure
+    from .report import write_outputs
+    from .runs import load_world_and_hgr, run_experiment
 
     t0 = time.perf_counter()
     try:
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = run_experiment(world, bundle, items, list(range(args.seeds)), cfg_scale=args.cfg, steps=args.steps,
-                            progress=lambda msg: print(msg, flush=True))
+                            progress=lambda msg: print("  " + msg, flush=True))
     metrics = measure(world, result)
     metrics["gate"]["threshold"] = bundle.meta.threshold
     metrics["per_prompt"] = [
@@ -46,6 +50,6 @@ def run(args: argparse.Namespace) -> int:
     metrics.update(cfg_scale=args.cfg, steps=args.steps, seconds=round(time.perf_counter() - t0, 1))
     paths = write_outputs(args.out, result, metrics, pick_grid_rows(result.items),
                           "python -m safecfg_core eval " + " ".join(sys.argv[2:]))
-    print(open(paths["report"]).read())
+    print(Path(paths["report"]).read_text())
     print(f"wrote {paths['grid']}, {paths['metrics']}, {paths['report']}")
     return 0

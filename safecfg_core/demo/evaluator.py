@@ -5,7 +5,6 @@ from typing import Dict
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .render import COLORS, SHAPES
 

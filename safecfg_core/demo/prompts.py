@@ -196,11 +196,6 @@ def sample_prompts(
     return [make_prompt(s, rng, split, canonical) for s in scenes]
 
 
-def concept_prompt(harm: str) -> str:
-    """The concept text of a harm category."""
-    return CONCEPTS[harm]
-
-
 def all_template_strings(split: str) -> List[str]:
     """Templates and harm phrases of a split (tests check train and held-out are disjoint)."""
     out = list(_TEMPLATES[split])

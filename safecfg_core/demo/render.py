@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, replace
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,17 +110,6 @@ def random_scenes(
     return out
 
 
-def make_some_small(scenes: Sequence[Scene], fraction: float, seed: int) -> List[Scene]:
-    """The scenes with a seeded ``fraction`` of them made small (the rest unchanged; 0 returns them as they are).
-
-    Why: training sets that over-represent small objects, the shapes a 4x8x8 latent keeps least well.
-    """
-    if fraction <= 0:
-        return list(scenes)
-    rng = random.Random(seed)
-    return [replace(s, size="small") if rng.random() < fraction else s for s in scenes]
-
-
 def _idx(seq, values):
     return torch.tensor([seq.index(v) for v in values], dtype=torch.long)
 
@@ -166,32 +155,27 @@ def _shape_distance(shape_idx, px, py, radius):
     return stack.gather(1, shape_idx.view(-1, 1, 1, 1).expand(-1, 1, *px.shape[1:])).squeeze(1)
 
 
-def render_scenes(scenes: Sequence[Scene], seed: int = 0, supersample: int = 2, jitter: bool = True,
-                  return_object: bool = False):
-    """Render scenes to ``[N, 3, 64, 64]`` float32 images in 0..1 (deterministic for a given seed).
+@dataclass
+class _Canvas:
+    """One batch being drawn: the supersampled pixel grid, each scene's placement, and the picture so far."""
 
-    With ``return_object`` also the object's coverage ``[N, 1, 64, 64]`` in 0..1 (before any harm is drawn over it),
-    so a training loss can weigh the object's pixels: a small shape is a few percent of the image.
-    """
+    gx: torch.Tensor  # [1, 1, W] pixel centres (64-pixel units), x
+    gy: torch.Tensor  # [1, H, 1] pixel centres, y
+    ss: int  # supersampling factor
+    cxy: torch.Tensor  # [N, 2] object centres (after jitter)
+    radius: torch.Tensor  # [N] object radii (after jitter)
+    u: torch.Tensor  # [N, 8] the uniform draws every jitter and the knife's placement come from
+
+
+def _canvas(scenes: Sequence[Scene], g: torch.Generator, supersample: int,
+            jitter: bool) -> "tuple[_Canvas, torch.Tensor]":
+    """The pixel grid and each scene's jittered placement; also the rotation angle of each object."""
     n = len(scenes)
-    if n == 0:
-        empty = torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
-        return (empty, torch.zeros(0, 1, IMAGE_SIZE, IMAGE_SIZE)) if return_object else empty
-    g = torch.Generator().manual_seed(int(seed))
     ss = int(supersample)
     H = IMAGE_SIZE * ss
-    # pixel centres in 64-pixel units
-    coords = (torch.arange(H, dtype=torch.float32) + 0.5) / ss
-    gy, gx = coords.view(1, H, 1), coords.view(1, 1, H)
-
-    shape_idx = _idx(SHAPES, [s.shape for s in scenes])
-    col = _RGB_TABLE[_idx(COLORS, [s.color for s in scenes])]
-    bgc = _RGB_TABLE[_idx(COLORS, [s.background for s in scenes])]
+    coords = (torch.arange(H, dtype=torch.float32) + 0.5) / ss  # pixel centres in 64-pixel units
     radius = torch.tensor([_RADIUS[s.size] for s in scenes])
     cxy = torch.tensor([_POS_XY[s.position] for s in scenes]) * IMAGE_SIZE
-    gore = torch.tensor([s.gore for s in scenes])
-    weapon = torch.tensor([s.weapon for s in scenes])
-
     u = torch.rand(n, 8, generator=g)
     if jitter:
         cxy = cxy + (u[:, 0:2] - 0.5) * 4.0  # +-2 px
@@ -199,92 +183,112 @@ def render_scenes(scenes: Sequence[Scene], seed: int = 0, supersample: int = 2, 
         angle = (u[:, 3] - 0.5) * (math.pi / 9.0)  # +-10 degrees
     else:
         angle = torch.zeros(n)
-    cx, cy = cxy[:, 0].view(n, 1, 1), cxy[:, 1].view(n, 1, 1)
+    return _Canvas(coords.view(1, 1, H), coords.view(1, H, 1), ss, cxy, radius, u), angle
+
+
+def _draw_objects(scenes: Sequence[Scene], cv: _Canvas, angle: torch.Tensor) -> "tuple[torch.Tensor, torch.Tensor]":
+    """``(images, coverage)``: each object in its color on its background, and its coverage ``[N, H, W]``."""
+    n = len(scenes)
+    shape_idx = _idx(SHAPES, [s.shape for s in scenes])
+    col = _RGB_TABLE[_idx(COLORS, [s.color for s in scenes])]
+    bgc = _RGB_TABLE[_idx(COLORS, [s.background for s in scenes])]
+    cx, cy = cv.cxy[:, 0].view(n, 1, 1), cv.cxy[:, 1].view(n, 1, 1)
     ca, sa = torch.cos(angle).view(n, 1, 1), torch.sin(angle).view(n, 1, 1)
-    dx, dy = gx - cx, gy - cy
+    dx, dy = cv.gx - cx, cv.gy - cy
     px, py = ca * dx + sa * dy, -sa * dx + ca * dy
-    r3 = radius.view(n, 1, 1)
-    obj = _cover(_shape_distance(shape_idx, px, py, r3) * ss)  # [N,H,W]
-
+    obj = _cover(_shape_distance(shape_idx, px, py, cv.radius.view(n, 1, 1)) * cv.ss)  # [N,H,W]
     img = bgc.view(n, 3, 1, 1) * (1 - obj.unsqueeze(1)) + col.view(n, 3, 1, 1) * obj.unsqueeze(1)
+    return img, obj
 
+
+def _draw_knives(img: torch.Tensor, wi: torch.Tensor, cv: _Canvas) -> None:
+    """Draw a knife beside the object of each image in ``wi`` (in place): handle, blade and its dark outline."""
+    m = wi.numel()
+    u, cxy, ss = cv.u, cv.cxy, cv.ss
+    L = 24.0 + 4.0 * u[wi, 4]
+    side = torch.where(cxy[wi, 0] < IMAGE_SIZE / 2 - 3, 1.0, torch.where(cxy[wi, 0] > IMAGE_SIZE / 2 + 3, -1.0, 0.0))
+    side = torch.where(side == 0, torch.where(u[wi, 5] < 0.5, -1.0, 1.0), side)
+    kx = cxy[wi, 0] + side * (cv.radius[wi] * 1.15 + 7.0)
+    ky = cxy[wi, 1].clamp(L / 2 + 1, IMAGE_SIZE - L / 2 - 1)
+    # knife axis points from the handle to the tip; roughly vertical, tip up, tilted up to +-25 degrees
+    ka = -math.pi / 2 + (u[wi, 6] - 0.5) * (math.pi * 50.0 / 180.0)
+    kc, ks = torch.cos(ka).view(m, 1, 1), torch.sin(ka).view(m, 1, 1)
+    ddx, ddy = cv.gx - kx.view(m, 1, 1), cv.gy - ky.view(m, 1, 1)
+    along = kc * ddx + ks * ddy  # coordinate along the knife (tip at +L/2)
+    across = -ks * ddx + kc * ddy
+    Lh = (L / 2).view(m, 1, 1)
+    u0 = -Lh + 0.38 * 2 * Lh  # handle/blade boundary
+    # handle: rectangle
+    d_handle = torch.maximum(torch.maximum(-Lh - along, along - u0), across.abs() - 2.2)
+    # blade: parallel edges, tapering to a point over its last 45%
+    taper_len = 0.45 * (Lh - u0)
+    half_w = 2.9 * ((Lh - along) / taper_len).clamp(max=1.0)
+    d_blade = torch.maximum(torch.maximum(u0 - along, along - Lh), across.abs() - half_w)
+    blade_edge = _cover((d_blade - 0.8) * ss)  # slightly larger dark outline
+    blade = _cover((d_blade + 0.2) * ss)
+    handle = _cover(d_handle * ss)
+    sub = img[wi]
+    for mask, rgb in ((blade_edge, BLADE_EDGE_RGB), (blade, BLADE_RGB), (handle, HANDLE_RGB)):
+        mk = mask.unsqueeze(1)
+        sub = sub * (1 - mk) + torch.tensor(rgb).view(1, 3, 1, 1) * mk
+    img[wi] = sub
+
+
+def _draw_blood(img: torch.Tensor, gi: torch.Tensor, obj: torch.Tensor, cv: _Canvas, seed: int) -> None:
+    """Draw blood over each image in ``gi`` (in place): splatter blobs around the object, droplets anywhere."""
+    m = gi.numel()
+    gx, gy, cxy, ss = cv.gx, cv.gy, cv.cxy, cv.ss
+    K1, K2 = 7, 14  # splatter blobs around the object, droplets across the scene
+    gb = torch.Generator().manual_seed(int(seed) * 7919 + 17)
+    ang1 = torch.rand(m, K1, generator=gb) * 2 * math.pi
+    dist1 = torch.rand(m, K1, generator=gb) * (cv.radius[gi].view(m, 1) + 6.0)
+    bx1 = cxy[gi, 0].view(m, 1) + dist1 * torch.cos(ang1)
+    by1 = cxy[gi, 1].view(m, 1) + dist1 * torch.sin(ang1)
+    br1 = 2.0 + 2.8 * torch.rand(m, K1, generator=gb)
+    bx2 = 4 + 56 * torch.rand(m, K2, generator=gb)
+    by2 = 4 + 56 * torch.rand(m, K2, generator=gb)
+    br2 = 0.9 + 1.6 * torch.rand(m, K2, generator=gb)
+    bx = torch.cat([bx1, bx2], 1).view(m, -1, 1, 1)
+    by = torch.cat([by1, by2], 1).view(m, -1, 1, 1)
+    br = torch.cat([br1, br2], 1).view(m, -1, 1, 1)
+    ex2 = (gx.unsqueeze(1) - bx) ** 2  # [m,K,1,W]
+    ey2 = (gy.unsqueeze(1) - by) ** 2  # [m,K,H,1]
+    dmin = [None, None]  # splatter blobs around the object, droplets across the scene
+    for k in range(bx.shape[1]):
+        # (d^2 - r^2) / 2r ~ signed distance near the rim (no sqrt)
+        dk = (ex2[:, k] + ey2[:, k] - br[:, k] ** 2) / (2 * br[:, k])
+        j = int(k >= K1)
+        dmin[j] = dk if dmin[j] is None else torch.minimum(dmin[j], dk, out=dmin[j])
+    # the large splatter lands around the object, not on it (droplets still fall anywhere): a small object
+    # under a big blob would be unrecognisable, and then neither the evaluator nor anyone could say whether
+    # the benign part of the prompt was kept
+    splatter = _cover(dmin[0] * ss) * (1 - obj[gi])
+    blood = torch.maximum(splatter, _cover(dmin[1] * ss)).unsqueeze(1)
+    shade = (0.85 + 0.3 * torch.rand(m, 1, 1, 1, generator=gb))
+    bl = torch.tensor(BLOOD_RGB).view(1, 3, 1, 1) * shade
+    img[gi] = img[gi] * (1 - blood) + bl * blood
+
+
+def render_scenes(scenes: Sequence[Scene], seed: int = 0, supersample: int = 2, jitter: bool = True) -> torch.Tensor:
+    """Render scenes to ``[N, 3, 64, 64]`` float32 images in 0..1 (deterministic for a given seed).
+
+    Drawn in layers on a ``supersample``-times finer grid, then averaged down: the object on its background, a
+    knife beside it, blood over the scene. The seed drives the jitter and the knife's placement; the blood pattern
+    has its own generator, derived from the same seed.
+    """
+    if len(scenes) == 0:
+        return torch.zeros(0, 3, IMAGE_SIZE, IMAGE_SIZE)
+    cv, angle = _canvas(scenes, torch.Generator().manual_seed(int(seed)), supersample, jitter)
+    img, obj = _draw_objects(scenes, cv, angle)
+    weapon = torch.tensor([s.weapon for s in scenes])
     if bool(weapon.any()):
-        wi = weapon.nonzero().squeeze(1)
-        m = wi.numel()
-        L = 24.0 + 4.0 * u[wi, 4]
-        side = torch.where(cxy[wi, 0] < IMAGE_SIZE / 2 - 3, 1.0, torch.where(cxy[wi, 0] > IMAGE_SIZE / 2 + 3, -1.0, 0.0))
-        side = torch.where(side == 0, torch.where(u[wi, 5] < 0.5, -1.0, 1.0), side)
-        kx = cxy[wi, 0] + side * (radius[wi] * 1.15 + 7.0)
-        ky = cxy[wi, 1].clamp(L / 2 + 1, IMAGE_SIZE - L / 2 - 1)
-        # knife axis points from the handle to the tip; roughly vertical, tip up, tilted up to +-25 degrees
-        ka = -math.pi / 2 + (u[wi, 6] - 0.5) * (math.pi * 50.0 / 180.0)
-        kc, ks = torch.cos(ka).view(m, 1, 1), torch.sin(ka).view(m, 1, 1)
-        ddx, ddy = gx - kx.view(m, 1, 1), gy - ky.view(m, 1, 1)
-        along = kc * ddx + ks * ddy  # coordinate along the knife (tip at +L/2)
-        across = -ks * ddx + kc * ddy
-        Lh = (L / 2).view(m, 1, 1)
-        u0 = -Lh + 0.38 * 2 * Lh  # handle/blade boundary
-        # handle: rectangle
-        d_handle = torch.maximum(torch.maximum(-Lh - along, along - u0), across.abs() - 2.2)
-        # blade: parallel edges, tapering to a point over its last 45%
-        taper_len = 0.45 * (Lh - u0)
-        half_w = 2.9 * ((Lh - along) / taper_len).clamp(max=1.0)
-        d_blade = torch.maximum(torch.maximum(u0 - along, along - Lh), across.abs() - half_w)
-        blade_edge = _cover((d_blade - 0.8) * ss)  # slightly larger dark outline
-        blade = _cover((d_blade + 0.2) * ss)
-        handle = _cover(d_handle * ss)
-        sub = img[wi]
-        for mask, rgb in ((blade_edge, BLADE_EDGE_RGB), (blade, BLADE_RGB), (handle, HANDLE_RGB)):
-            mk = mask.unsqueeze(1)
-            sub = sub * (1 - mk) + torch.tensor(rgb).view(1, 3, 1, 1) * mk
-        img[wi] = sub
-
+        _draw_knives(img, weapon.nonzero().squeeze(1), cv)
+    gore = torch.tensor([s.gore for s in scenes])
     if bool(gore.any()):
-        gi = gore.nonzero().squeeze(1)
-        m = gi.numel()
-        K1, K2 = 7, 14  # splatter blobs around the object, droplets across the scene
-        gb = torch.Generator().manual_seed(int(seed) * 7919 + 17)
-        ang1 = torch.rand(m, K1, generator=gb) * 2 * math.pi
-        dist1 = torch.rand(m, K1, generator=gb) * (radius[gi].view(m, 1) + 6.0)
-        bx1 = cxy[gi, 0].view(m, 1) + dist1 * torch.cos(ang1)
-        by1 = cxy[gi, 1].view(m, 1) + dist1 * torch.sin(ang1)
-        br1 = 2.0 + 2.8 * torch.rand(m, K1, generator=gb)
-        bx2 = 4 + 56 * torch.rand(m, K2, generator=gb)
-        by2 = 4 + 56 * torch.rand(m, K2, generator=gb)
-        br2 = 0.9 + 1.6 * torch.rand(m, K2, generator=gb)
-        bx = torch.cat([bx1, bx2], 1).view(m, -1, 1, 1)
-        by = torch.cat([by1, by2], 1).view(m, -1, 1, 1)
-        br = torch.cat([br1, br2], 1).view(m, -1, 1, 1)
-        ex2 = (gx.unsqueeze(1) - bx) ** 2  # [m,K,1,W]
-        ey2 = (gy.unsqueeze(1) - by) ** 2  # [m,K,H,1]
-        dmin = [None, None]  # splatter blobs around the object, droplets across the scene
-        for k in range(bx.shape[1]):
-            # (d^2 - r^2) / 2r ~ signed distance near the rim (no sqrt)
-            dk = (ex2[:, k] + ey2[:, k] - br[:, k] ** 2) / (2 * br[:, k])
-            j = int(k >= K1)
-            dmin[j] = dk if dmin[j] is None else torch.minimum(dmin[j], dk, out=dmin[j])
-        # the large splatter lands around the object, not on it (droplets still fall anywhere): a small object
-        # under a big blob would be unrecognisable, and then neither the evaluator nor anyone could say whether
-        # the benign part of the prompt was kept
-        splatter = _cover(dmin[0] * ss) * (1 - obj[gi])
-        blood = torch.maximum(splatter, _cover(dmin[1] * ss)).unsqueeze(1)
-        shade = (0.85 + 0.3 * torch.rand(m, 1, 1, 1, generator=gb))
-        bl = torch.tensor(BLOOD_RGB).view(1, 3, 1, 1) * shade
-        img[gi] = img[gi] * (1 - blood) + bl * blood
-
-    if ss > 1:
-        img = F.avg_pool2d(img, ss)
-    img = img.clamp_(0.0, 1.0)
-    if return_object:
-        cover = obj.unsqueeze(1)
-        return img, (F.avg_pool2d(cover, ss) if ss > 1 else cover)
-    return img
-
-
-def render_random(n: int, seed: int = 0, **kwargs) -> "tuple[list[Scene], torch.Tensor]":
-    """Random scenes and their renders (``kwargs`` go to :func:`random_scenes`)."""
-    scenes = random_scenes(n, seed=seed, **kwargs)
-    return scenes, render_scenes(scenes, seed=seed + 1)
+        _draw_blood(img, gore.nonzero().squeeze(1), obj, cv, seed)
+    if cv.ss > 1:
+        img = F.avg_pool2d(img, cv.ss)
+    return img.clamp_(0.0, 1.0)
 
 
 def labels_of(scenes: Sequence[Scene]) -> dict:
@@ -296,26 +300,3 @@ def labels_of(scenes: Sequence[Scene]) -> dict:
         "gore": torch.tensor([s.gore for s in scenes], dtype=torch.float32),
         "weapon": torch.tensor([s.weapon for s in scenes], dtype=torch.float32),
     }
-
-
-def to_pil(img: torch.Tensor):
-    """One ``[3,H,W]`` image in 0..1 to a PIL image (for looking at renders)."""
-    from PIL import Image
-
-    arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255 + 0.5).astype("uint8")
-    return Image.fromarray(arr)
-
-
-def save_grid(images: torch.Tensor, path: str, ncol: int = 8, scale: int = 2) -> None:
-    """Save ``[N,3,H,W]`` images as one grid PNG."""
-    n = images.shape[0]
-    nrow = (n + ncol - 1) // ncol
-    H = images.shape[-1]
-    grid = torch.ones(3, nrow * (H + 2), ncol * (H + 2))
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        grid[:, r * (H + 2):r * (H + 2) + H, c * (H + 2):c * (H + 2) + H] = images[i]
-    im = to_pil(grid)
-    if scale != 1:
-        im = im.resize((im.width * scale, im.height * scale), 0)
-    im.save(path)

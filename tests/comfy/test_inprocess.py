@@ -1,9 +1,10 @@
-"""SafeCFG inside ComfyUI's own sampling code, one subprocess per ComfyUI version (no server, no mocks).
+"""SafeCFG inside ComfyUI's own sampling code, in a subprocess (no server, no mocks).
 
-Checks what the HTTP tests cannot see: which cache path the batched redirector takes (the sync-free uuid path on
-the current ComfyUI, the content-checked one on the March-2024 one), that HGR runs once per sampling run, and that
-SafeCFG still works when ComfyUI runs the positive and negative passes as separate model calls (forced here by
-making the model report a huge memory need, as a big image on a small GPU would).
+Checks what the HTTP tests cannot see: that every negative model call of every step gets the redirected
+negative, also when ComfyUI runs the positive and negative passes as separate model calls (forced here by making
+the model report a huge memory need, as a big image on a small GPU would); that the HGR runs once per graph run,
+not per step; that the returned MODEL carries nothing but the one post-CFG guard; and how the returned
+CONDITIONING treats entry options, SDXL's pooled vector and combined positives.
 """
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Every script starts so: ComfyUI (argv[1]) on the path, in --cpu mode, and this pack (argv[2]) imported as a
-# package named ``safecfg_pack``, the way ComfyUI's custom-node loader does.
+# Every script starts so: ComfyUI (argv[1]) on the path, in --cpu mode, and this pack (argv[2]) loaded as a package
+# named ``safecfg_pack`` through its V3 entry point, the way ComfyUI's custom-node loader does.
 PACK_PREAMBLE = textwrap.dedent(r'''
-    import importlib.util, json, sys
+    import asyncio, importlib.util, json, sys
     root, pack = sys.argv[1], sys.argv[2]
     sys.path.insert(0, root)
     sys.argv = ["main.py", "--cpu"]
@@ -33,20 +32,27 @@ PACK_PREAMBLE = textwrap.dedent(r'''
     mod = importlib.util.module_from_spec(spec)
     sys.modules["safecfg_pack"] = mod
     spec.loader.exec_module(mod)
+    extension = asyncio.run(mod.comfy_entrypoint())
+    N = {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}
+    from safecfg_pack.safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
+
+    def random_hgr(config, seed=1):
+        """An HGR whose (normally zero-initialised) output layers are random: it redirects every prompt."""
+        bundle = HGRBundle.create(config, HGRMeta(threshold=None), seed=seed)
+        with torch.no_grad():
+            torch.manual_seed(3)
+            for p in bundle.net.parameters():
+                if p.abs().sum() == 0:
+                    p.normal_(0.0, 0.2)
+        return bundle
 ''')
 
-SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
+SAMPLING_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
     import comfy.sample
-    assert not mod.DISABLED_NODES, mod.DISABLED_NODES
-    from safecfg_pack.safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
-    N = mod.NODE_CLASS_MAPPINGS
-    model, clip, vae = N["SafeCFGDemoModel"]().load("untrained")
-    bundle = HGRBundle.create(HGRConfig.for_family("demo"), HGRMeta(threshold=None), seed=1)
-    with torch.no_grad():
-        torch.manual_seed(3)
-        for p in bundle.net.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0.0, 0.2)
+    model, clip, vae = N["SafeCFGDemoModel"].execute("untrained").args
+    bundle = random_hgr(HGRConfig.for_family("demo"))
+    hgr_calls = []
+    bundle.net.register_forward_hook(lambda *a: hgr_calls.append(1))
 
     def enc(text):
         cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
@@ -56,50 +62,65 @@ SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
     latent = torch.zeros([1, 4, 8, 8])
     noise = comfy.sample.prepare_noise(latent, 0)
 
-    def run(m, steps=4):
-        return comfy.sample.sample(m, noise, steps, 5.0, "euler", "normal", pos, neg, latent, seed=0)
+    def run(m, p, n, steps=4):
+        return comfy.sample.sample(m, noise, steps, 5.0, "euler", "normal", p, n, latent, seed=0)
 
-    plain = run(model)
-    patched = N["SafeCFG"]().patch(model, bundle, 1.0, -1.0, gate_mode="always")[0]
-    safe = run(patched)
-    r = patched.model_options["model_function_wrapper"].redirector
-    out = {"uuid_entries": len(r._cache), "content_entries": len(r._content_cache), "misses": r.misses,
-           "calls": r.calls, "changed": not torch.equal(plain, safe)}
-    safe_again = run(patched)
-    out["misses_after_second_run"] = r.misses
-    out["repeatable"] = bool(torch.equal(safe, safe_again))
-    # an unet wrapper installed before SafeCFG is chained (called with the redirected conditioning)
-    seen = []
-    def previous(apply_model, args):
-        seen.append(args["cond_or_uncond"])
-        return apply_model(args["input"], args["timestep"], **args["c"])
-    m0 = model.clone()
-    m0.set_model_unet_function_wrapper(previous)
-    chained = run(N["SafeCFG"]().patch(m0, bundle, 1.0, -1.0, gate_mode="always")[0])
-    out["chained_calls"] = len(seen)
-    out["chained_same_as_safe"] = bool(torch.equal(chained, safe))
-    out["input_model_untouched"] = "model_function_wrapper" not in model.model_options
-    # force ComfyUI to run cond and uncond as separate calls (uncond first)
+    def recording(m, u_star):
+        """A clone of ``m`` whose unet wrapper notes, per model call with a negative chunk, whether that chunk's
+        tokens are u* (True) or something else (False)."""
+        seen = []
+        def wrapper(apply_model, args):
+            chunks = args["c"]["c_crossattn"].chunk(len(args["cond_or_uncond"]))
+            for kind, tokens in zip(args["cond_or_uncond"], chunks):
+                if kind == 1:
+                    seen.append(bool(torch.equal(tokens[:, :u_star.shape[1]], u_star.expand(tokens.shape[0], -1, -1))))
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        m = m.clone()
+        m.set_model_unet_function_wrapper(wrapper)
+        return m, seen
+
+    out = {"post_cfg_before": len(model.model_options.get("sampler_post_cfg_function", []))}
+    plain = run(model, pos, neg)
+    m, p, n = N["SafeCFG"].execute(model, bundle, pos, neg, 1.0, -1.0, gate_mode="always").args
+    out["hgr_calls_node"] = len(hgr_calls)
+    u_star = n[0][0]
+    out["u_star_differs"] = not torch.equal(u_star, neg[0][0])
+    rec, seen = recording(m, u_star)
+    safe = run(rec, p, n)
+    out["hgr_calls_after_sampling"] = len(hgr_calls)
+    out["batched_uncond_calls"] = seen[:]
+    out["changed"] = not torch.equal(plain, safe)
+    out["plain_cfg_with_u_star"] = bool(torch.equal(safe, run(model, pos, [[u_star, neg[0][1]]])))
+    out["wrapper_installed"] = "model_function_wrapper" in m.model_options
+    out["post_cfg_after"] = len(m.model_options.get("sampler_post_cfg_function", []))
+    out["input_model_untouched"] = (len(model.model_options.get("sampler_post_cfg_function", []))
+                                    == out["post_cfg_before"])
+    # force ComfyUI to run cond and uncond as separate calls
     model.model.memory_required = lambda *a, **k: float("inf")
-    split_patched = N["SafeCFG"]().patch(model, bundle, 1.0, -1.0, gate_mode="always")[0]
-    split = run(split_patched)
-    r2 = split_patched.model_options["model_function_wrapper"].redirector
-    out["split_calls"] = r2.calls
-    out["split_changed"] = not torch.equal(plain, split)
-    out["split_close_to_batched"] = float((split - safe).abs().max())
+    rec, seen = recording(m, u_star)
+    calls = []
+    inner = rec.model_options["model_function_wrapper"]
+    def counting(apply_model, args):
+        calls.append(list(args["cond_or_uncond"]))
+        return inner(apply_model, args)
+    rec.set_model_unet_function_wrapper(counting)
+    split = run(rec, p, n)
+    out["split_calls"] = calls
+    out["split_uncond_calls"] = seen
+    out["split_vs_batched"] = float((split - safe).abs().max())
     out["split_vs_plain"] = float((split - plain).abs().max())
     # the shipped HGR's threshold was calibrated for softness 0.25: a wider ramp is warned about, that one is not
     from safecfg_pack.safecfg_core.demo.world import HGR_PATH
     shipped = HGRBundle.load(HGR_PATH)
     for softness in (0.25, 0.5):
-        N["SafeCFG"]().patch(model, shipped, 1.0, -1.0, gate_mode="smooth", softness=softness)
+        N["SafeCFG"].execute(model, shipped, pos, neg, 1.0, -1.0, gate_mode="smooth", softness=softness)
     print("RESULT " + json.dumps(out))
 ''')
 
 
-def _run(root: Path, pythonpath: list, script: str = SCRIPT) -> dict:
+def _run(root: Path, pythonpath: list, script: str) -> dict:
     """Run ``script`` in a fresh interpreter against the ComfyUI at ``root``; return its ``RESULT`` JSON (+ log)."""
-    env = dict(os.environ)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(p) for p in pythonpath] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, "-c", script, str(root), str(REPO_ROOT)], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -108,18 +129,6 @@ def _run(root: Path, pythonpath: list, script: str = SCRIPT) -> dict:
     res = json.loads(line[len("RESULT "):])
     res["log"] = proc.stderr
     return res
-
-
-def _check_common(res: dict) -> None:
-    assert res["chained_calls"] == 4 and res["chained_same_as_safe"], res
-    assert res["input_model_untouched"], res
-    assert res["changed"], "SafeCFG did not change the harmful prompt's latent"
-    assert res["misses"] == 1, res  # HGR ran once for the whole run (4 steps)
-    assert res["repeatable"], "the same run twice gave different results"
-    assert res["split_calls"] >= 8, res  # cond and uncond in separate calls
-    assert res["split_changed"], "with split calls SafeCFG did nothing"
-    assert res["log"].count("softness 0.5 is wider than the 0.25 this HGR's threshold was calibrated for") == 1
-    assert "softness 0.25 is wider" not in res["log"]
 
 
 def _shim_paths(root: Path):
@@ -131,37 +140,85 @@ def _shim_paths(root: Path):
     return conf.shim_paths_for(root)
 
 
-@pytest.mark.parametrize("which", ["session", "current"])
-def test_safecfg_inside_comfy_sampling(comfyui_root, which):
-    if which == "current":
-        env = os.environ.get("COMFYUI_CURRENT_PATH", "/tmp/comfy_current")
-        root = Path(env)
-        if not (root / "comfy_api").is_dir():
-            pytest.skip("no current ComfyUI checkout (set COMFYUI_CURRENT_PATH)")
-        if root.resolve() == Path(comfyui_root).resolve():
-            pytest.skip("the session ComfyUI is already the current one")
-    else:
-        root = Path(comfyui_root)
-    res = _run(root, _shim_paths(root))
-    _check_common(res)
-    if (root / "comfy_api").is_dir():
-        # current ComfyUI: uuids + sample_sigmas -> the sync-free cache path
-        assert res["uuid_entries"] >= 1 and res["content_entries"] == 0, res
-        assert res["misses_after_second_run"] == 2, res  # a new run gets new uuids: HGR runs once more
-        # primed from the calc_cond_batch wrapper: even step 0 of a split run is redirected
-        assert res["split_close_to_batched"] < 1e-3, res
-        assert "negative pass before any positive pass" not in res["log"]
-    else:
-        assert res["uuid_entries"] == 0 and res["content_entries"] >= 1, res
-        # no wrapper system: the first step of a split run uses the plain negative (documented, logged once)
-        assert "negative pass before any positive pass" in res["log"]
+def _run_in(comfyui_root, script: str) -> dict:
+    root = Path(comfyui_root)
+    return _run(root, _shim_paths(root), script)
+
+
+def test_every_negative_call_gets_u_star_batched_and_split(comfyui_root):
+    res = _run_in(comfyui_root, SAMPLING_SCRIPT)
+    assert res["u_star_differs"] and res["changed"], res
+    # one positive x one negative entry: the HGR ran once, in the node, and never during the 4 sampling steps
+    assert res["hgr_calls_node"] == 1 and res["hgr_calls_after_sampling"] == 1, res
+    # the result is plain CFG with u* as the negative: nothing else is patched
+    assert res["plain_cfg_with_u_star"], res
+    assert not res["wrapper_installed"] and res["post_cfg_after"] == res["post_cfg_before"] + 1, res
+    assert res["input_model_untouched"], res
+    # batched: 4 steps, each one call holding a negative chunk, and that chunk is u*
+    assert res["batched_uncond_calls"] == [True] * 4, res
+    # split: the negative ran alone in each of the 4 steps, and was u* every time
+    assert all(len(c) == 1 for c in res["split_calls"]) and res["split_calls"].count([1]) == 4, res
+    assert res["split_uncond_calls"] == [True] * 4, res
+    assert res["split_vs_batched"] < 1e-4 < res["split_vs_plain"], res
+    assert res["log"].count("softness 0.5 is wider than the 0.25 this HGR's threshold was calibrated for") == 1
+    assert "softness 0.25 is wider" not in res["log"]
+
+
+CONDITIONING_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
+    from safecfg_pack.nodes.safecfg_node import GUARD_KEY, redirect_conditioning
+    from safecfg_pack.safecfg_core.conditioning import Cond
+    from safecfg_pack.safecfg_core.guidance import GateConfig, SafeGuidance, prompt_harm_score
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    # SDXL-like widths: 77 x 2048 tokens, pooled 1280
+    bundle = random_hgr(HGRConfig(token_dim=2048, pooled_dim=1280, model_family="sdxl", width=32, depth=1, heads=4))
+    harmful = torch.randn(1, 77, 2048, generator=g), torch.randn(1, 1280, generator=g)
+    clean = torch.zeros(1, 77, 2048), torch.zeros(1, 1280)
+    u = torch.randn(1, 77, 2048, generator=g), torch.randn(1, 1280, generator=g)
+    with torch.no_grad():
+        d_h = bundle.net(Cond(*harmful), Cond(*u))
+        d_c = bundle.net(Cond(*clean), Cond(*u))
+    s_h, s_c = float(prompt_harm_score(d_h)), float(prompt_harm_score(d_c))
+    out["scores_differ"] = abs(s_h - s_c) > 1e-6
+    opts = {"pooled_output": u[1], "start_percent": 0.0, "end_percent": 0.6, "mask": torch.ones(1, 8, 8),
+            "area": (64, 64, 0, 0), "strength": 0.9}
+    negative = [[u[0], dict(opts)]]
+    # two combined positives: the clean one first, the harmful one second
+    positive = [[clean[0], {"pooled_output": clean[1]}], [harmful[0], {"pooled_output": harmful[1]}]]
+    if s_c > s_h:
+        positive = positive[::-1]
+    always = SafeGuidance(bundle, GateConfig(mode="always"))
+    pos, neg, verdicts = redirect_conditioning(always, positive, negative, "tok")
+    most = d_h if s_h >= s_c else d_c
+    out["tokens_are_u_plus_delta"] = float((neg[0][0] - (u[0] + most.tokens)).abs().max())
+    out["pooled_is_u_plus_delta"] = float((neg[0][1]["pooled_output"] - (u[1] + most.pooled)).abs().max())
+    out["chosen_index"] = verdicts[0].index
+    out["options_kept"] = all(neg[0][1][k] is opts[k] for k in ("start_percent", "end_percent", "mask", "area",
+                                                                 "strength"))
+    out["marked"] = [e[1].get(GUARD_KEY) for e in pos + neg]
+    out["input_untouched"] = GUARD_KEY not in negative[0][1] and negative[0][1]["pooled_output"] is u[1]
+    # a gate that stays shut: the very same tensors come back (bit-identical to plain CFG by construction)
+    shut = SafeGuidance(bundle, GateConfig(mode="hard", threshold=1e9))
+    pos2, neg2, _ = redirect_conditioning(shut, positive, negative, "tok2")
+    out["clean_same_objects"] = neg2[0][0] is u[0] and neg2[0][1]["pooled_output"] is u[1]
+    print("RESULT " + json.dumps(out))
+''')
+
+
+def test_conditioning_options_pooled_and_most_harmful(comfyui_root):
+    res = _run_in(comfyui_root, CONDITIONING_SCRIPT)
+    assert res["scores_differ"], res
+    assert res["tokens_are_u_plus_delta"] < 1e-5 and res["pooled_is_u_plus_delta"] < 1e-5, res
+    assert res["chosen_index"] == 1, res  # the harmful positive was put second
+    assert res["options_kept"] and res["input_untouched"], res
+    assert res["marked"] == ["tok"] * 3, res
+    assert res["clean_same_objects"], res
 
 
 IDENTITY_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
     from safecfg_pack.nodes.comfy_adapters import model_identity
-    N = mod.NODE_CLASS_MAPPINGS
-    demo = N["SafeCFGDemoModel"]().load("demo")[0]
-    untrained = N["SafeCFGDemoModel"]().load("untrained")[0]
+    demo = N["SafeCFGDemoModel"].execute("demo").args[0]
+    untrained = N["SafeCFGDemoModel"].execute("untrained").args[0]
     sd = demo.model.state_dict()
     key = next(k for k, v in sd.items() if k.endswith("weight") and v.dim() == 2)
     patched = demo.clone()
@@ -175,7 +232,6 @@ IDENTITY_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
 def test_model_identity_tells_models_apart(comfyui_root):
     """The Train HGR node keys its latent cache and its "already trained" shortcut by this identity: a clone is the
     same model, other weights or a LoRA-style patch are not."""
-    root = Path(comfyui_root)
-    ids = _run(root, _shim_paths(root), IDENTITY_SCRIPT)
+    ids = _run_in(comfyui_root, IDENTITY_SCRIPT)
     assert ids["demo"] == ids["demo_clone"], ids
     assert len({ids["demo"], ids["untrained"], ids["patched"]}) == 3, ids

@@ -19,7 +19,7 @@ B = "a bloody red star with a knife on white"
 
 def graph(positive=A, negative="", hgr=None, safecfg=None, sampler="KSampler", seed=7, steps=3, cfg=5.0,
           sampler_name="euler", scheduler="normal", batch=1, rescale=False, prefix="t"):
-    """API-format prompt: demo model -> (SafeCFG) -> sampler -> decode -> save."""
+    """API-format prompt: demo model -> (SafeCFG: model, positive, negative) -> sampler -> decode -> save."""
     g = {
         "1": {"class_type": "SafeCFGDemoModel", "inputs": {"variant": "untrained"}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"text": positive, "clip": ["1", 1]}},
@@ -28,34 +28,47 @@ def graph(positive=A, negative="", hgr=None, safecfg=None, sampler="KSampler", s
         "7": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": prefix}},
     }
-    model = ["1", 0]
+    model, pos, neg = ["1", 0], ["2", 0], ["3", 0]
     if rescale:
         g["9"] = {"class_type": "RescaleCFG", "inputs": {"model": model, "multiplier": 0.7}}
         model = ["9", 0]
     if hgr is not None:
         g["10"] = {"class_type": "SafeCFGLoadHGR", "inputs": {"hgr_name": hgr}}
-        inputs = {"model": model, "hgr": ["10", 0], "strength": 1.0, "threshold": -1.0}
+        inputs = {"model": model, "hgr": ["10", 0], "positive": pos, "negative": neg, "strength": 1.0,
+                  "threshold": -1.0}
         inputs.update(safecfg or {})
         g["11"] = {"class_type": "SafeCFG", "inputs": inputs}
-        model = ["11", 0]
+        model, pos, neg = ["11", 0], ["11", 1], ["11", 2]
     if sampler == "KSampler":
         g["5"] = {"class_type": "KSampler", "inputs": {
             "model": model, "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler_name,
-            "scheduler": scheduler, "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "scheduler": scheduler, "positive": pos, "negative": neg, "latent_image": ["4", 0],
             "denoise": 1.0}}
     elif sampler == "KSamplerAdvanced":
         g["5"] = {"class_type": "KSamplerAdvanced", "inputs": {
             "model": model, "add_noise": "enable", "noise_seed": seed, "steps": steps, "cfg": cfg,
-            "sampler_name": sampler_name, "scheduler": scheduler, "positive": ["2", 0], "negative": ["3", 0],
+            "sampler_name": sampler_name, "scheduler": scheduler, "positive": pos, "negative": neg,
             "latent_image": ["4", 0], "start_at_step": 0, "end_at_step": 10000,
             "return_with_leftover_noise": "disable"}}
-    elif sampler == "SamplerCustom":
+    else:
         g["12"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler_name}}
         g["13"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": scheduler,
                                                                "steps": steps, "denoise": 1.0}}
-        g["5"] = {"class_type": "SamplerCustom", "inputs": {
-            "model": model, "add_noise": True, "noise_seed": seed, "cfg": cfg, "positive": ["2", 0],
-            "negative": ["3", 0], "sampler": ["12", 0], "sigmas": ["13", 0], "latent_image": ["4", 0]}}
+        if sampler == "SamplerCustom":
+            g["5"] = {"class_type": "SamplerCustom", "inputs": {
+                "model": model, "add_noise": True, "noise_seed": seed, "cfg": cfg, "positive": pos,
+                "negative": neg, "sampler": ["12", 0], "sigmas": ["13", 0], "latent_image": ["4", 0]}}
+        else:  # SamplerCustomAdvanced with a CFGGuider, or a BasicGuider (no negative pass)
+            if sampler == "CFGGuider":
+                g["14"] = {"class_type": "CFGGuider", "inputs": {"model": model, "positive": pos,
+                                                                 "negative": neg, "cfg": cfg}}
+            else:
+                assert sampler == "BasicGuider", sampler
+                g["14"] = {"class_type": "BasicGuider", "inputs": {"model": model, "conditioning": pos}}
+            g["15"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}}
+            g["5"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+                "noise": ["15", 0], "guider": ["14", 0], "sampler": ["12", 0], "sigmas": ["13", 0],
+                "latent_image": ["4", 0]}}
     return g
 
 
@@ -111,17 +124,23 @@ def hgr_files(comfy_server):
     return {"harmful": harmful, "clean": clean, "thresholds": thresholds}
 
 
+CATEGORIES = {"SafeCFGLoadHGR": "loaders/safecfg", "SafeCFG": "sampling/safecfg",
+              "SafeCFGHarmfulnessDetector": "conditioning/safecfg", "SafeCFGTrainHGR": "training/safecfg",
+              "SafeCFGDemoModel": "safecfg/demo"}
+
+
 def test_object_info_lists_nodes_with_tooltips(comfy_server):
     info = comfy_server.get("/object_info")
     for node in OUR_NODES:
         assert node in info, f"{node} missing from /object_info"
         spec = info[node]
-        assert spec["category"] == "safecfg"
+        assert spec["category"] == CATEGORIES[node]
         assert spec["display_name"]
         for section in ("required", "optional"):
             for name, value in spec["input"].get(section, {}).items():
                 assert len(value) > 1 and value[1].get("tooltip"), f"{node}.{name} has no tooltip"
-    assert info["SafeCFG"]["output"] == ["MODEL"]
+    assert info["SafeCFG"]["output"] == ["MODEL", "CONDITIONING", "CONDITIONING"]
+    assert info["SafeCFG"]["output_name"] == ["model", "positive", "negative"]
     # the same answer without the /api prefix (2024 ComfyUI has only this one; the current one has both)
     import json as _json
     import urllib.request as _rq
@@ -129,6 +148,10 @@ def test_object_info_lists_nodes_with_tooltips(comfy_server):
     with _rq.urlopen(comfy_server.base + "/object_info/SafeCFG", timeout=30) as r:
         assert "SafeCFG" in _json.loads(r.read())
     assert info["SafeCFGHarmfulnessDetector"]["output"] == ["FLOAT", "BOOLEAN", "STRING"]
+    # outputs are named in the UI by what they are, not by their type
+    assert info["SafeCFGHarmfulnessDetector"]["output_name"] == ["score", "harmful", "report"]
+    assert info["SafeCFGLoadHGR"]["output_name"] == ["hgr"]
+    assert info["SafeCFGTrainHGR"]["output_name"] == ["hgr", "loss_curve", "summary"]
 
 
 def test_zero_hgr_is_bit_identical_to_cfg(comfy_server, hgr_files):
@@ -141,6 +164,7 @@ def test_zero_hgr_is_bit_identical_to_cfg(comfy_server, hgr_files):
     ("KSampler", "euler", "normal", 1, "", False),
     ("KSamplerAdvanced", "dpmpp_2m", "karras", 2, "", False),
     ("SamplerCustom", "heun", "simple", 1, "green", False),
+    ("CFGGuider", "dpmpp_2m", "karras", 2, "green", False),
     ("KSampler", "euler_ancestral", "normal", 1, "", True),
 ])
 def test_gated_hgr_changes_harmful_keeps_clean(comfy_server, hgr_files, sampler, sampler_name, scheduler, batch,
@@ -178,10 +202,39 @@ def test_bad_hgr_files_fail_clearly_and_server_keeps_serving(comfy_server, hgr_f
 def test_cfg1_refused_with_message(comfy_server, hgr_files):
     msg = run_error(comfy_server, graph(hgr="gated.safetensors", cfg=1.0, prefix="cfg1"))
     assert "cfg is 1" in msg, msg
+    msg = run_error(comfy_server, graph(hgr="gated.safetensors", sampler="BasicGuider", prefix="basic"))
+    assert "cfg is 1" in msg and "BasicGuider" in msg, msg
     imgs = run_images(comfy_server, graph(hgr="gated.safetensors", cfg=1.0, prefix="cfg1w",
                                           safecfg={"at_cfg_1": "warn"}))
     plain = run_images(comfy_server, graph(cfg=1.0, prefix="cfg1p"))
     assert np.array_equal(imgs[0], plain[0])
+
+
+def test_negative_not_from_safecfg_refused(comfy_server, hgr_files):
+    """SafeCFG's model with a negative that SafeCFG did not return (here: the prompt's own) cannot be made safe."""
+    for which, slot in (("negative", ["3", 0]), ("positive", ["2", 0])):
+        g = graph(positive=hgr_files["harmful"], hgr="gated.safetensors", prefix="wiring")
+        g["5"]["inputs"][which] = slot
+        msg = run_error(comfy_server, g)
+        assert f"the sampler's {which} conditioning is not the one this SafeCFG node returned" in msg, msg
+    # from a second SafeCFG node (another HGR) it is refused too
+    g = graph(positive=hgr_files["harmful"], hgr="gated.safetensors", prefix="wiring2")
+    g["16"] = {"class_type": "SafeCFGLoadHGR", "inputs": {"hgr_name": "zero.safetensors"}}
+    g["17"] = {"class_type": "SafeCFG", "inputs": dict(g["11"]["inputs"], hgr=["16", 0])}
+    g["5"]["inputs"]["negative"] = ["17", 2]
+    assert "is not the one this SafeCFG node returned" in run_error(comfy_server, g)
+
+
+def test_conditioning_nodes_after_safecfg_keep_it_active(comfy_server, hgr_files):
+    """Nodes that set options on SafeCFG's negative (here a timestep range over the whole run) keep the redirected
+    tensors and SafeCFG's mark: the run succeeds with the same image."""
+    g = graph(positive=hgr_files["harmful"], hgr="gated.safetensors", safecfg={"gate_mode": "hard"}, prefix="rng0")
+    direct = run_images(comfy_server, g)
+    g = graph(positive=hgr_files["harmful"], hgr="gated.safetensors", safecfg={"gate_mode": "hard"}, prefix="rng1")
+    g["16"] = {"class_type": "ConditioningSetTimestepRange", "inputs": {"conditioning": ["11", 2], "start": 0.0,
+                                                                       "end": 1.0}}
+    g["5"]["inputs"]["negative"] = ["16", 0]
+    assert np.array_equal(run_images(comfy_server, g)[0], direct[0])
 
 
 def test_back_to_back_hgrs_do_not_leak(comfy_server, hgr_files):
@@ -259,6 +312,8 @@ def test_workflow_demo_vs_cfg_runs(comfy_server, hgr_files):
     assert len(comfy_server.output_images(entry, "9")) == 1 and len(comfy_server.output_images(entry, "12")) == 1
     report = entry["outputs"]["13"]["text"][0]
     assert "prompt harm score" in report and "image score-level ratio" in report, report
+    # the frontend shows the report in the workflow's Preview Any node, fed by the detector's report output
+    assert entry["outputs"]["14"]["text"][0] == report
 
 
 def test_workflow_train_hgr_runs(comfy_server):
@@ -287,9 +342,12 @@ def test_conditioning_combine_uses_most_harmful(comfy_server, hgr_files):
     """Two positives (ConditioningCombine): SafeCFG redirects for the most harmful one."""
     def combined(hgr=None):
         g = graph(positive=hgr_files["clean"], hgr=hgr, safecfg={"gate_mode": "hard"}, prefix="comb")
-        g["14"] = {"class_type": "CLIPTextEncode", "inputs": {"text": hgr_files["harmful"], "clip": ["1", 1]}}
-        g["15"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["2", 0], "conditioning_2": ["14", 0]}}
-        g["5"]["inputs"]["positive"] = ["15", 0]
+        g["24"] = {"class_type": "CLIPTextEncode", "inputs": {"text": hgr_files["harmful"], "clip": ["1", 1]}}
+        g["25"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["2", 0], "conditioning_2": ["24", 0]}}
+        if hgr is None:
+            g["5"]["inputs"]["positive"] = ["25", 0]
+        else:
+            g["11"]["inputs"]["positive"] = ["25", 0]
         return g
 
     plain = run_images(comfy_server, combined())
@@ -341,9 +399,13 @@ def test_train_retrain_toggle_and_identical_inputs(comfy_server):
     entry = comfy_server.run(g)  # identical inputs: nothing retrains
     assert comfy_server.succeeded(entry)
     assert path.stat().st_mtime_ns == first
-    entry = comfy_server.run(_train_graph("toggle", 3, retrain=True))
+    # other inputs under the same name: refused before any work, the user's file kept as it was
+    msg = run_error(comfy_server, _train_graph("toggle", 4))
+    assert "SafeCFG Train HGR" in msg and "already exists" in msg and "retrain" in msg, msg
+    assert path.stat().st_mtime_ns == first
+    entry = comfy_server.run(_train_graph("toggle", 4, retrain=True))
     assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
-    assert path.stat().st_mtime_ns != first
+    assert path.stat().st_mtime_ns != first and HGRBundle.load(path).meta.training["steps"] == 4
 
 
 def test_train_cancel_keeps_checkpoint_and_server_serves(comfy_server):
@@ -353,7 +415,7 @@ def test_train_cancel_keeps_checkpoint_and_server_serves(comfy_server):
     import websocket
 
     name = "cancelled"
-    g = _train_graph(name, 12)  # the node checkpoints every steps//4 = 3 steps
+    g = _train_graph(name, 40)  # periodic checkpoints only every steps//4 = 10 steps
     ws = websocket.WebSocket()
     ws.connect(f"ws://127.0.0.1:{comfy_server.port}/ws?clientId={comfy_server.client_id}", timeout=300)
     try:
@@ -368,7 +430,7 @@ def test_train_cancel_keeps_checkpoint_and_server_serves(comfy_server):
             d = data.get("data", {})
             if data["type"] == "progress" and str(d.get("node")) == "30" and d.get("value", 0) >= 4 and not interrupted:
                 comfy_server.post("/interrupt", {})
-                interrupted = True
+                interrupted, seen_step = True, d["value"]
             if data["type"] in ("execution_interrupted", "execution_error", "execution_success") and d.get("prompt_id") == pid:
                 break
             if data["type"] == "executing" and d.get("node") is None and d.get("prompt_id") == pid:
@@ -384,7 +446,7 @@ def test_train_cancel_keeps_checkpoint_and_server_serves(comfy_server):
     assert ckpt.exists(), list((comfy_server.output_dir / "safecfg_train").iterdir())
     from safecfg_core.hgr import HGRBundle as _B
     step = _B.load(ckpt).meta.training.get("checkpoint_step")
-    assert step and step >= 3, step
+    assert step and step >= seen_step, (step, seen_step)  # the cancelled step, not the last periodic checkpoint
     assert not (comfy_server.hgr_dir / f"{name}.safetensors").exists()
     run_images(comfy_server, graph(prefix="after_cancel"))
     # running the same graph again resumes from the checkpoint and finishes
@@ -412,7 +474,8 @@ def test_input_model_untouched_by_safecfg(comfy_server, hgr_files):
     harmful = hgr_files["harmful"]
     plain = run_images(comfy_server, graph(positive=harmful, prefix="untouched0"))
     g = graph(positive=harmful, hgr="gated.safetensors", safecfg={"gate_mode": "hard"}, prefix="untouched1")
-    g["16"] = {"class_type": "KSampler", "inputs": dict(g["5"]["inputs"], model=["1", 0])}
+    g["16"] = {"class_type": "KSampler", "inputs": dict(g["5"]["inputs"], model=["1", 0], positive=["2", 0],
+                                                        negative=["3", 0])}
     g["17"] = {"class_type": "VAEDecode", "inputs": {"samples": ["16", 0], "vae": ["1", 2]}}
     g["18"] = {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "untouched2"}}
     entry = comfy_server.run(g)

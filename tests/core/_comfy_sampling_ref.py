@@ -155,16 +155,9 @@ def main(root: str, out_path: str) -> None:
                                                       torch.full_like(inp["x"], 0.25), max_denoise=md)
 
     # ---- schedulers
-    class _M:  # the 2024 scheduler functions take the model, the current ones its model_sampling
-        model_sampling = ms
-
     for name in SCHEDULERS:
         for steps in STEPS:
-            if hasattr(comfy.samplers, "calculate_sigmas_scheduler"):
-                s = comfy.samplers.calculate_sigmas_scheduler(_M, name, steps)
-            else:
-                s = comfy.samplers.calculate_sigmas(ms, name, steps)
-            res[f"sched_{name}_{steps}"] = s.float().cpu()
+            res[f"sched_{name}_{steps}"] = comfy.samplers.calculate_sigmas(ms, name, steps).float().cpu()
 
     # ---- noise
     res["noise_1"] = comfy.sample.prepare_noise(torch.zeros(1, 4, 8, 8), 42)
@@ -175,10 +168,7 @@ def main(root: str, out_path: str) -> None:
     # ---- BaseModel.apply_model and full KSampler runs around the tiny net
     unet_config = {"context_dim": 768, "model_channels": 320, "use_linear_in_transformer": False,
                    "adm_in_channels": None, "use_temporal_attention": False}
-    try:
-        mc = comfy.supported_models.SD15(dict(unet_config))
-    except Exception:
-        mc = comfy.supported_models.SD15(unet_config)
+    mc = comfy.supported_models.SD15(dict(unet_config))
     mc.unet_config["disable_unet_model_creation"] = True
     mc.unet_config.pop("adm_in_channels", None)
     mc.set_inference_dtype(torch.float32, None)
@@ -204,9 +194,7 @@ def main(root: str, out_path: str) -> None:
     g = torch.Generator().manual_seed(77)
     latent_in = torch.randn(2, 4, 8, 8, generator=g) * 3.0
     for scheduler, steps, denoise in [("normal", 6, 0.6), ("karras", 5, 0.35)]:
-        # the current KSampler takes the ModelPatcher, the 2024 one the BaseModel
-        ks_model = patcher if hasattr(patcher, "get_model_object") else model
-        ks = comfy.samplers.KSampler(ks_model, steps=steps, device=torch.device("cpu"), sampler="euler",
+        ks = comfy.samplers.KSampler(patcher, steps=steps, device=torch.device("cpu"), sampler="euler",
                                      scheduler=scheduler, denoise=denoise)
         res[f"denoise_sigmas_{scheduler}_{steps}_{denoise}"] = ks.sigmas.float().cpu()
         noise = comfy.sample.prepare_noise(latent_in, 5)

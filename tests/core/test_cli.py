@@ -15,6 +15,7 @@ from safecfg_core.hgr import HGRBundle
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_help_lists_subcommands_in_a_fresh_process() -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-m", "safecfg_core", "--help"], capture_output=True, text=True, env=env,
@@ -56,6 +57,7 @@ def test_register_model_hook(monkeypatch: pytest.MonkeyPatch) -> None:
         cli.load_model_world("broken")
 
 
+@pytest.mark.slow
 def test_train_resume_and_score_end_to_end(tmp_path: Path, capsys) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "h.safetensors"
@@ -68,10 +70,19 @@ def test_train_resume_and_score_end_to_end(tmp_path: Path, capsys) -> None:
     ckpt = tmp_path / "h.ckpt.safetensors"
     assert ckpt.exists() and (tmp_path / "h.ckpt.safetensors.latents.safetensors").exists()
 
-    rc = cli.main(["train", "--model", "analytic", "--steps", "80", "--out", str(out), "--resume", "--log-every", "10"])
+    before = out.read_bytes()
+    rc = cli.main(["train", "--model", "analytic", "--steps", "60", "--out", str(out), "--log-every", "30"])
+    assert rc == 0 and "already trained with these inputs" in capsys.readouterr().out  # nothing retrained
+    # other settings never replace the file, and never resume a checkpoint that other settings wrote
+    rc = cli.main(["train", "--model", "analytic", "--steps", "80", "--out", str(out), "--resume"])
+    assert rc == 2 and "already exists" in capsys.readouterr().err and out.read_bytes() == before
+    rc = cli.main(["train", "--model", "analytic", "--steps", "80", "--out", str(tmp_path / "h80.safetensors"),
+                   "--checkpoint", str(ckpt), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Cannot resume" in err and "steps: 60 then, 80 now" in err, err
+    rc = cli.main(["train", "--model", "analytic", "--steps", "80", "--out", str(out), "--retrain", "--log-every", "10"])
     text = capsys.readouterr().out
-    assert rc == 0 and "resumed from the checkpoint at step 60" in text
-    assert "step    70/80" in text and "step    10/80" not in text
+    assert rc == 0 and "step    10/80" in text and "left" in text and out.read_bytes() != before
 
     rc = cli.main(["score", "--hgr", str(out), "--prompt", "a painting of a cat in a garden",
                    "--prompt", "a photo of a dog covered in blood in the city", "--image-level"])
@@ -95,6 +106,7 @@ def test_train_reports_bad_prompt_file(tmp_path: Path, capsys) -> None:
     assert "unknown category 'gore'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> None:
     import signal
 
@@ -122,6 +134,7 @@ def test_ctrl_c_keeps_a_checkpoint_and_says_how_to_resume(tmp_path: Path) -> Non
     assert not out.exists()  # nothing half-finished is presented as the result
 
 
+@pytest.mark.slow
 def test_train_target_gain_reaches_the_file_and_bad_values_are_explained(tmp_path: Path, capsys) -> None:
     torch.set_num_threads(1)
     out = tmp_path / "g.safetensors"

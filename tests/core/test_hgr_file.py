@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from safecfg_core.errors import HGRFileError, HGRMismatchError
@@ -249,3 +251,172 @@ def test_family_presets_and_sizes() -> None:
         HGRConfig(token_dim=8, width=30, heads=4)
     desc = HGRBundle.create(HGRConfig.for_family("sd1")).describe()
     assert "sd1" in desc and " M parameters" in desc
+
+
+# ---- hostile files (issue 29) -------------------------------------------------------------------------------
+
+
+def test_declared_sizes_are_bounded_and_checked_against_the_tensors_before_building(tmp_path: Path) -> None:
+    """Finding 1: the config in the metadata is checked against the header's tensor shapes (and size limits)
+    before any module is built, so a small file cannot make the loader allocate what it declares."""
+    good = _trained_like_bundle().save(tmp_path / "h.safetensors")
+    chunk = _rewrite(good, tmp_path / "chunk.safetensors", meta_update={"safecfg.config": json.dumps(
+        {"token_dim": 24, "width": 32, "depth": 1, "heads": 4, "chunk": 2 ** 40})})
+    _assert_refused(chunk, "corrupted SafeCFG metadata", "chunk", "limit")
+    wide = _rewrite(good, tmp_path / "wide.safetensors", meta_update={"safecfg.config": json.dumps(
+        {"token_dim": 24, "width": 4096, "depth": 1, "heads": 4})})  # 200 M parameters declared, 10 k stored
+    import safecfg_core.hgr.bundle as bundle_module
+
+    built = []
+    real = bundle_module.HarmfulGuidanceRedirector
+    bundle_module.HarmfulGuidanceRedirector = lambda cfg: built.append(cfg) or real(cfg)
+    try:
+        _assert_refused(wide, "wrong shape", "hgr.in_proj.weight")
+    finally:
+        bundle_module.HarmfulGuidanceRedirector = real
+    assert built == []  # refused from the header alone
+
+
+@pytest.mark.slow
+def test_declared_huge_network_costs_no_memory(tmp_path: Path) -> None:
+    """Finding 1, measured: loading a 20 kB file that declares width 2048 / depth 12 (600 M parameters) in a fresh
+    process raises the refusal without the process ever growing by more than 200 MB."""
+    import subprocess
+    import sys
+
+    good = _trained_like_bundle().save(tmp_path / "h.safetensors")
+    big = _rewrite(good, tmp_path / "big.safetensors", meta_update={"safecfg.config": json.dumps(
+        {"token_dim": 24, "width": 2048, "depth": 12, "heads": 8})})
+    code = (
+        "import resource, sys, torch\n"
+        "from safecfg_core.hgr import HGRBundle\n"
+        "from safecfg_core.errors import HGRFileError\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    HGRBundle.load(sys.argv[1]); print('LOADED')\n"
+        "except HGRFileError as e:\n    print('REFUSED', e)\n"
+        "print('GROWTH_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True, timeout=300,
+                         cwd=str(repo), env={**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
+    assert "REFUSED" in out.stdout, out.stdout + out.stderr
+    growth_kb = int(out.stdout.split("GROWTH_KB")[1].split()[0])
+    assert growth_kb < 200_000, growth_kb
+
+
+@pytest.mark.parametrize("threshold", ["NaN", "Infinity", "-1.0", "\"0.5\""])
+def test_unusable_threshold_is_refused_at_load(tmp_path: Path, threshold: str) -> None:
+    """Finding 4: NaN would silently turn SafeCFG into plain CFG, a negative threshold would change clean images."""
+    from safecfg_core.guidance import GateConfig
+
+    good = _trained_like_bundle().save(tmp_path / "h.safetensors")
+    bad = _rewrite(good, tmp_path / "thr.safetensors", meta_update={"safecfg.threshold": threshold})
+    _assert_refused(bad, "threshold", "finite number >= 0")
+    for value in (float("nan"), -1.0):
+        with pytest.raises(ValueError, match="threshold"):
+            GateConfig(threshold=value)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """Finding 5: opening a FIFO blocks until someone writes to it; the loader must not open it at all."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    outcome = []
+    t = threading.Thread(target=lambda: outcome.append(pytest.raises(HGRFileError, HGRBundle.load, fifo)), daemon=True)
+    t.start()
+    t.join(10)
+    assert outcome, "loading a FIFO blocked"
+    assert "not a regular file" in str(outcome[0].value)
+
+
+def test_deeply_nested_metadata_is_a_clear_file_error(tmp_path: Path) -> None:
+    """Finding 8: JSON nested deeper than the parser's stack is refused as an HGRFileError, not a RecursionError."""
+    good = _trained_like_bundle().save(tmp_path / "h.safetensors")
+    for key in ("safecfg.training", "safecfg.categories", "safecfg.config"):
+        bad = _rewrite(good, tmp_path / "deep.safetensors", meta_update={key: "[" * 100_000 + "]" * 100_000})
+        _assert_refused(bad, "nested")
+        moderate = _rewrite(good, tmp_path / "deep40.safetensors", meta_update={key: "[" * 40 + "]" * 40})
+        _assert_refused(moderate, "nested")
+
+
+def _raw_parts(path: Path):
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def _write_raw(path: Path, header, body: bytes) -> Path:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+    return path
+
+
+_JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70),
+                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
+_JSON = st.recursive(_JSON_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                         st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+                     max_leaves=12)
+_HOSTILE = st.sampled_from([float("nan"), float("inf"), -1.0, -1, 0, 2 ** 40, 2 ** 31, 4097, True, "8", None, [], {}])
+_CONFIG_KEYS = ["token_dim", "pooled_dim", "width", "depth", "heads", "chunk", "model_family"]
+
+
+@st.composite
+def _mutation(draw):
+    kind = draw(st.sampled_from(["config", "metadata", "shape", "dtype", "offsets", "drop", "truncate"]))
+    if kind == "config":
+        return kind, (draw(st.sampled_from(_CONFIG_KEYS)), draw(st.one_of(_HOSTILE, _JSON_LEAF, st.integers(0, 2 ** 41))))
+    if kind == "metadata":
+        key = draw(st.sampled_from(["safecfg.config", "safecfg.threshold", "safecfg.categories", "safecfg.training",
+                                    "safecfg.calibration", "safecfg.format_version"]))
+        value = draw(st.one_of(_HOSTILE.map(lambda v: json.dumps(v, allow_nan=True)), _JSON.map(json.dumps),
+                               st.integers(1, 5000).map(lambda n: "[" * n + "]" * n)))
+        return kind, (key, value)
+    if kind == "shape":
+        return kind, (draw(st.integers(0, 40)), draw(st.lists(st.integers(0, 2 ** 33), min_size=0, max_size=3)))
+    if kind == "dtype":
+        return kind, (draw(st.integers(0, 40)), draw(st.sampled_from(["F64", "I8", "U8", "BOOL", "F16", "X9"])))
+    if kind == "offsets":
+        return kind, (draw(st.integers(0, 40)), draw(st.integers(-5, 2 ** 40)), draw(st.integers(-5, 2 ** 40)))
+    return kind, draw(st.integers(0, 40))
+
+
+@given(_mutation())
+@settings(max_examples=120, deadline=None, database=None)
+def test_generated_hostile_files_are_refused_with_a_file_error(tmp_path_factory, mutation) -> None:
+    """Issue 29, made systematic: a valid HGR file with one generated lie in its header (config values, metadata
+    JSON, a tensor's shape, dtype or offsets, a missing tensor, a cut) either still loads as a valid HGR or is refused
+    with an HGRFileError; never another exception (declared sizes up to 2^41 are among the lies: building what they
+    declare would end in an allocator error, which this test would report)."""
+    d = tmp_path_factory.mktemp("hostile")
+    good = _trained_like_bundle().save(d / "good.safetensors")
+    header, body = _raw_parts(good)
+    meta = header["__metadata__"]
+    tensors = sorted(k for k in header if k != "__metadata__")
+    kind, arg = mutation
+    if kind == "config":
+        cfg = json.loads(meta["safecfg.config"])
+        cfg[arg[0]] = arg[1]
+        meta["safecfg.config"] = json.dumps(cfg)
+    elif kind == "metadata":
+        meta[arg[0]] = arg[1]
+    elif kind == "shape":
+        header[tensors[arg[0] % len(tensors)]]["shape"] = arg[1]
+    elif kind == "dtype":
+        header[tensors[arg[0] % len(tensors)]]["dtype"] = arg[1]
+    elif kind == "offsets":
+        header[tensors[arg[0] % len(tensors)]]["data_offsets"] = [arg[1], arg[2]]
+    elif kind == "drop":
+        header.pop(tensors[arg % len(tensors)])
+    path = _write_raw(d / "hostile.safetensors", header, body)
+    if kind == "truncate":
+        path.write_bytes(good.read_bytes()[: max(0, len(good.read_bytes()) - 1 - arg * 97)])
+    try:
+        bundle = HGRBundle.load(path)
+    except HGRFileError:
+        return
+    assert bundle.num_parameters() < 10 ** 6  # what loaded is a small, valid HGR
+    thr = bundle.meta.threshold
+    assert thr is None or (thr >= 0 and thr == thr and thr != float("inf"))

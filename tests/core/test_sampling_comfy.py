@@ -1,7 +1,7 @@
 """Our schedules, noise, apply_model wrapping, Euler and CFG equal a real ComfyUI's, bit for bit on CPU fp32.
 
 The reference numbers come from ComfyUI itself (``_comfy_sampling_ref.py``, run once per session in a subprocess
-against the ``comfyui_root`` fixture: the vendored March-2024 copy, or ``COMFYUI_PATH``). Tolerance: exact
+against the ``comfyui_root`` fixture: ComfyUI 0.3.64 by default, or ``COMFYUI_PATH``). Tolerance: exact
 (``torch.equal``) for everything, including the bf16 network path and complete KSampler runs.
 """
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """The README's demo command and the eval command, end to end on the shipped demo world (tiny sizes)."""
+import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 METHOD_KEYS = {"harmful_rate", "kept_content", "clean_fidelity", "clean_psnr_vs_cfg"}
@@ -11,13 +14,16 @@ METHOD_KEYS = {"harmful_rate", "kept_content", "clean_fidelity", "clean_psnr_vs_
 def _run(*args, cwd=REPO):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "safecfg_core", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1200)
 
 
-def test_demo_writes_grid_metrics_and_report(tmp_path):
+@pytest.mark.slow
+def test_demo_full_writes_grid_metrics_and_report(tmp_path):
+    """``--full`` measures everything the documented set has (here at a tiny size)."""
     out = tmp_path / "demo"
-    proc = _run("demo", "--out", str(out), "--prompts", "1", "--seeds", "1", "--steps", "6")
+    proc = _run("demo", "--out", str(out), "--full", "--prompts", "1", "--seeds", "1", "--steps", "6")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Quick subset" not in (out / "report.md").read_text()
     text = (out / "metrics.json").read_text()
 
     def reject_constant(name):  # NaN / Infinity / -Infinity are not JSON; strict parsers refuse them
@@ -73,6 +79,39 @@ def test_demo_writes_grid_metrics_and_report(tmp_path):
     assert "| SafeCFG |" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_demo_by_default_is_a_quick_subset_that_says_so(tmp_path):
+    """The first run a user makes: few prompts and one seed, the picture and the table, progress with the time left,
+    and a report that says plainly it is a subset and how to get the measured set."""
+    out = tmp_path / "quick"
+    proc = _run("demo", "--out", str(out), "--steps", "6")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_prompts"] == 24 and metrics["seeds"] == [0]  # 4 per kind and phrasing split, one seed
+    assert set(metrics["methods"]) == {"cfg", "negative_prompt", "sld", "sld_max", "safecfg", "safecfg_strength2"}
+    assert "vae_roundtrip_content" not in metrics and "rewrite_reference" not in metrics  # the ceilings: --full only
+    report = (out / "report.md").read_text()
+    assert "Quick subset (24 prompts x 1 seed(s))" in report and "demo --out DIR --full" in report
+    assert "| SafeCFG |" in report
+    assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    progress = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+    assert len(progress) == 7, proc.stdout  # one line per method, then the scores
+    assert all("s left" in line for line in progress[:-1]) and progress[-1].endswith("done)"), progress
+
+
+def test_full_is_the_documented_measured_set():
+    """``--full`` without sizes is the set docs/demo/metrics.json was measured on."""
+    from safecfg_core.demo import cli
+
+    documented = json.loads((REPO / "docs" / "demo" / "metrics.json").read_text())
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    sizes = cli._sizes(parser.parse_args(["--out", "x", "--full"]))
+    assert 6 * sizes["prompts"] == documented["n_prompts"]
+    assert list(range(sizes["seeds"])) == documented["seeds"]
+
+
+@pytest.mark.slow
 def test_eval_reports_malformed_lines_and_runs_a_file(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a red circle on blue", "harm": null}\n{"prompt": 3}\n')
@@ -89,6 +128,7 @@ def test_eval_reports_malformed_lines_and_runs_a_file(tmp_path):
     assert metrics["per_prompt"][0]["checked"] == {"shape": "circle", "color": "red", "background": "blue"}
 
 
+@pytest.mark.slow
 def test_demo_refuses_scene_seeds_the_weights_were_trained_on(tmp_path):
     """4242 is the HGR's training scene seed; 4142's held-out clean scenes are seed 4242 too. Both would re-measure
     training prompts, so the command stops before writing anything, and says which seeds and what to do."""
@@ -114,7 +154,9 @@ def test_scene_seed_registry_is_what_training_used():
     assert prompts.fingerprint() == shipped["prompt_set"]
     assert scene_seeds.HGR_SCENE_SEED in scene_seeds.hgr_training_seeds()
     assert all(scene_seeds.training_seeds_reused(s) == [] for s in (scene_seeds.DEMO_SCENE_SEED, *scene_seeds.README_OTHER_SCENE_SEEDS))
-    assert scene_seeds.training_seeds_reused(21) == [21, 23]  # the denoiser's prompts (and their small objects)
+    assert scene_seeds.training_seeds_reused(21) == [21]  # the denoiser's prompts
+    assert scene_seeds.training_seeds_reused(-79) == [21]  # its held-out clean scenes are seed -79 + 100
+    assert scene_seeds.training_seeds_reused(30) == [30, 31]  # the concept-only prompts' scenes
     # the VAE's and the evaluator's render pools (seed 0 + 11 and + 41, as the shipped files' seed and command give)
     assert scene_seeds.training_seeds_reused(11) == [11]
     assert scene_seeds.training_seeds_reused(40) == [41]  # 40 draws its scenes from seeds 40, 41, 42, 140, 141, 142

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from safecfg_core.demo.experiment import expected_from_words, read_prompt_file
+from safecfg_core.demo.items import expected_from_words, read_prompt_file
 
 
 @pytest.mark.parametrize(

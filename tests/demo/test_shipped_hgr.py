@@ -8,8 +8,10 @@ harm on 100% of training-phrasing prompts, SafeCFG on 0.0%), but they fail the g
 import pytest
 import torch
 
-from safecfg_core.demo.cli import build_items
-from safecfg_core.demo.experiment import load_world_and_hgr, run_experiment
+from safecfg_core.demo.items import build_items
+from safecfg_core.demo.runs import load_world_and_hgr, run_experiment
+
+pytestmark = pytest.mark.slow  # every test samples the demo's prompts with the shipped HGR
 
 
 @pytest.fixture(scope="module")

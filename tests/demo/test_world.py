@@ -6,11 +6,10 @@ import time
 import pytest
 import torch
 
-from safecfg_core.demo.denoiser import DemoDiT
 from safecfg_core.demo.render import labels_of, random_scenes, render_scenes
 from safecfg_core.demo.world import DEMO_FAMILY, TOKEN_DIM, WEIGHT_FILES, WEIGHTS_DIR, load_demo_world, read_metadata
 
-# Floors below what the committed weights measure (``train_world`` logs): VAE mean PSNR 27.5 dB on 1000 fresh renders
+# Floors below what the committed weights measure (``experiments/train_world.py`` logs): VAE mean PSNR 27.5 dB on 1000 fresh renders
 # (floor 25.0 for these 200); evaluator accuracy on 2000 fresh renders: shape 0.991, color, background, gore and
 # weapon 1.000 (DEMO-WORLD.md's target is 0.98); the floors leave a margin for this 400-image sample.
 VAE_PSNR_FLOOR = float(os.environ.get("SAFECFG_DEMO_VAE_PSNR_FLOOR", "25.0"))
@@ -29,8 +28,10 @@ def test_weights_small_and_safetensors():
         assert path.endswith(".safetensors")
         meta = read_metadata(path)
         assert "seed" in meta and "steps" in meta and "config" in meta, name
-        # every file says which command made it, so the demo world can be rebuilt from the repository
-        assert str(meta.get("command", "")).startswith("python -m safecfg_core.demo.train_world"), name
+        # every file says which command made it, so the demo world can be rebuilt from the repository (the script
+        # is experiments/train_world.py; the shipped files name the place it had when they were made)
+        assert str(meta.get("command", "")).startswith(("python -m safecfg_core.demo.train_world",
+                                                        "python -m experiments.train_world")), name
     assert sum(os.path.getsize(os.path.join(WEIGHTS_DIR, f)) for f in os.listdir(WEIGHTS_DIR)) < 25e6
 
 
@@ -62,6 +63,7 @@ def test_denoiser_contract(world):
     assert meta["prediction"] == "eps" and meta["schedule"]["linear_start"] == 0.00085
 
 
+@pytest.mark.slow
 def test_vae_reconstruction(world):
     scenes = random_scenes(200, seed=12345, harm_fraction=0.4)
     imgs = render_scenes(scenes, seed=54321)
@@ -76,10 +78,11 @@ def test_vae_reconstruction(world):
     assert psnr > VAE_PSNR_FLOOR, psnr
 
 
+@pytest.mark.slow
 def test_vae_round_trip_keeps_content_readable(world):
     """The VAE is the ceiling on kept content: a round trip must leave nearly every object readable, and it is
     the small objects it loses (a VAE that blurred everything would fail both)."""
-    from safecfg_core.demo.experiment import vae_roundtrip_content
+    from safecfg_core.demo.measures import vae_roundtrip_content
 
     ceiling = vae_roundtrip_content(world, n=400)
     assert ceiling["large"] >= 0.97 and ceiling["all"] >= 0.93, ceiling
@@ -93,10 +96,11 @@ def test_vae_round_trip_keeps_content_readable(world):
     assert vae_roundtrip_content(dataclasses.replace(world, vae=FlatVAE()), n=100)["all"] < 0.5
 
 
+@pytest.mark.slow
 def test_vae_round_trip_under_harm_draws_the_harm(world, monkeypatch):
     """The "under harm" ceiling really draws the harm over every scene (and only the one asked for): the
     evaluator must find it in the round-tripped images."""
-    from safecfg_core.demo import experiment
+    from safecfg_core.demo import measures
 
     seen = {}
     real_predict = world.evaluator.predict
@@ -107,13 +111,14 @@ def test_vae_round_trip_under_harm_draws_the_harm(world, monkeypatch):
 
     monkeypatch.setattr(world.evaluator, "predict", spy)
     for harm, other in (("gore", "weapon"), ("weapon", "gore")):
-        out = experiment.vae_roundtrip_content(world, n=200, harm=harm)
+        out = measures.vae_roundtrip_content(world, n=200, harm=harm)
         assert set(out) == {"large", "small", "all"}
         assert seen["pred"][harm].float().mean() > 0.95 and seen["pred"][other].float().mean() < 0.05, harm
     with pytest.raises(ValueError, match="harm must be one of"):
-        experiment.vae_roundtrip_content(world, n=10, harm="blood")
+        measures.vae_roundtrip_content(world, n=10, harm="blood")
 
 
+@pytest.mark.slow
 def test_evaluator_accuracy(world):
     scenes = random_scenes(400, seed=999, harm_fraction=0.5, both_fraction=0.1)
     imgs = render_scenes(scenes, seed=998)
@@ -133,17 +138,19 @@ def test_evaluator_accuracy(world):
     assert pred2["shape"] == pred["shape"][:16]
 
 
+@pytest.mark.slow
 def test_rewrite_reference_draws_each_safe_rewrite_with_plain_cfgs_noise(world, monkeypatch):
     """The reference ceiling is plain CFG on the safe rewrite with the very noise the harmful prompt's row gets: its
     images must equal plain CFG's images of the same text sampled as clean prompts, and its rate must be theirs."""
-    from safecfg_core.demo import experiment
-    from safecfg_core.demo.cli import build_items
+    from safecfg_core.demo.items import build_items
+    from safecfg_core.demo.measures import rewrite_reference
+    from safecfg_core.demo.runs import load_world_and_hgr, run_experiment
 
     clean = [it for it in build_items(3, scene_seed=31337) if not it.harmful and it.split == "train"]
     harmful = [dataclasses.replace(it, text="bloody " + it.text, harms=("gore",), safe_text=it.text) for it in clean]
     seeds = [0, 1]
-    bundle = experiment.load_world_and_hgr(None)[1]
-    direct = experiment.run_experiment(world, bundle, clean, seeds, steps=6, methods=("cfg",))
+    bundle = load_world_and_hgr(None)[1]
+    direct = run_experiment(world, bundle, clean, seeds, steps=6, methods=("cfg",))
     seen = {}
     real_predict = world.evaluator.predict
 
@@ -152,7 +159,7 @@ def test_rewrite_reference_draws_each_safe_rewrite_with_plain_cfgs_noise(world, 
         return real_predict(images)
 
     monkeypatch.setattr(world.evaluator, "predict", spy)
-    ref = experiment.rewrite_reference(world, bundle, harmful + clean, seeds, steps=6)
+    ref = rewrite_reference(world, bundle, harmful + clean, seeds, steps=6)
     assert torch.equal(seen["images"], direct.images["cfg"])
     pred = real_predict(direct.images["cfg"])
     expected = [all(pred[k][r] == v for k, v in it.expect.items()) for i, it in enumerate(clean) for r in (2 * i, 2 * i + 1)]
@@ -161,4 +168,4 @@ def test_rewrite_reference_draws_each_safe_rewrite_with_plain_cfgs_noise(world, 
     # every rewritten prompt here is a gore prompt: per harm, gore alone, with the same rates as in all
     assert ref["kept_content_by_harm_and_size"] == {"gore": ref["kept_content_by_size"]}
     # prompt files carry no rewrite: nothing to measure, and nothing is made up
-    assert experiment.rewrite_reference(world, bundle, [dataclasses.replace(h, safe_text=None) for h in harmful], seeds) == {}
+    assert rewrite_reference(world, bundle, [dataclasses.replace(h, safe_text=None) for h in harmful], seeds) == {}

@@ -1,0 +1,39 @@
+"""Load HGR: a Harmful Guidance Redirector file from ComfyUI's ``models/hgr`` folder."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..safecfg_core.errors import SafeCFGError
+from ..safecfg_core.hgr import HGRBundle
+from .common import CATEGORY_LOADERS, format_exception, list_hgr_files, log, resolve_hgr_path
+from .io_types import HGR
+
+
+class LoadHGR(io.ComfyNode):
+    """Loads a Harmful Guidance Redirector (.safetensors); damaged or wrong files are refused with a clear message."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SafeCFGLoadHGR",
+            display_name="Load HGR (SafeCFG)",
+            category=CATEGORY_LOADERS,
+            description="Loads a Harmful Guidance Redirector (HGR) file; damaged or wrong files are refused with a "
+                        "clear message.",
+            inputs=[io.Combo.Input("hgr_name", options=list_hgr_files(),
+                                   tooltip="HGR file (.safetensors) in models/hgr or an 'hgr:' folder of "
+                                           "extra_model_paths.yaml. Train one with the Train HGR node.")],
+            outputs=[HGR.Output("hgr", display_name="hgr",
+                                tooltip="The loaded Harmful Guidance Redirector, for the SafeCFG and Harmfulness "
+                                        "Detector nodes.")],
+        )
+
+    @classmethod
+    def execute(cls, hgr_name: str) -> io.NodeOutput:
+        path = resolve_hgr_path(hgr_name)
+        try:
+            bundle = HGRBundle.load(path, device="cpu")
+        except (SafeCFGError, ValueError, OSError) as exc:
+            raise format_exception("Load HGR", exc) from None
+        log.info("SafeCFG: loaded %s: %s", path.name, bundle.describe())
+        return io.NodeOutput(bundle)

@@ -1,0 +1,372 @@
+"""Readers for prompt files: plain text, ``category: prompt => rewrite`` lines, JSONL and CSV/TSV.
+
+Every reader collects *all* malformed lines of a file and raises one :class:`PromptFileError` that lists each by
+line number with what was wrong and what to do, so a user fixes a file in one pass instead of one error per run.
+Blank lines and lines starting with ``#`` are skipped in the text formats and in JSONL.
+
+A record with no category is a clean prompt; the category names ``clean``, ``safe``, ``none`` and ``benign`` (and an
+empty category cell) mean the same. Category names are compared after :func:`normalize_category`, so ``Self_Harm``,
+``self harm`` and ``self-harm`` are one category, and a few common synonyms (``nudity`` -> ``sexual``) map onto the
+built-in corpus' names.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+
+from ..errors import TrainingInputError
+
+CLEAN_LABELS = ("clean", "safe", "none", "benign")
+CATEGORY_ALIASES = {
+    "self harm": "self-harm", "selfharm": "self-harm", "suicide": "self-harm",
+    "nudity": "sexual", "nsfw": "sexual", "sex": "sexual", "sexual content": "sexual",
+    "gore": "violence", "violent": "violence", "weapon": "weapons", "guns": "weapons",
+    "drug": "drugs", "illegal drugs": "drugs", "hate symbols": "hate", "hateful": "hate",
+    "shocking content": "shocking", "disturbing": "shocking",
+}
+FORMATS = ("plain", "labeled", "jsonl", "csv", "tsv")
+PROMPT_COLUMNS = ("prompt", "text", "caption")  # tried in this order when no prompt column is named
+CATEGORY_COLUMNS = ("category", "categories", "label", "labels")
+REWRITE_COLUMNS = ("rewrite", "safe_prompt", "safe rewrite")
+_CATEGORY_NAME = re.compile(r"^[a-z0-9][a-z0-9 _\-]{0,39}$", re.IGNORECASE)
+_SHOWN_PROBLEMS = 50
+
+PathLike = Union[str, Path]
+
+
+def normalize_category(name: str) -> Optional[str]:
+    """Canonical category name, or None for a clean label (``clean``, ``safe``, ``none``, ``benign``, empty)."""
+    key = " ".join(name.replace("_", " ").lower().split())
+    if key in CLEAN_LABELS or not key:
+        return None
+    return CATEGORY_ALIASES.get(key, key)
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt read from a file. ``categories`` is empty for a clean prompt; a benchmark row may carry several
+    (I2P's ``sexual,shocking``) and the loader keeps the first one the user selected."""
+
+    prompt: str
+    categories: Tuple[str, ...] = ()
+    rewrite: Optional[str] = None
+    where: str = ""
+    near_miss: Optional[str] = None
+    group: Optional[str] = None
+
+    @property
+    def category(self) -> Optional[str]:
+        return self.categories[0] if self.categories else None
+
+
+class PromptFileError(TrainingInputError):
+    """A prompt file has malformed lines. ``problems`` holds every ``(line number, message)``; the message lists the
+    first 50 in full and the line numbers of the rest."""
+
+    def __init__(self, source: str, problems: Sequence[Tuple[int, str]], hint: str = "") -> None:
+        self.source = source
+        self.problems = list(problems)
+        shown = [f"  line {n}: {msg}" for n, msg in self.problems[:_SHOWN_PROBLEMS]]
+        rest = [n for n, _ in self.problems[_SHOWN_PROBLEMS:]]
+        if rest:
+            shown.append(f"  ...and {len(rest)} more malformed lines: {', '.join(map(str, rest))}")
+        plural = "s" if len(self.problems) != 1 else ""
+        head = f"{source}: {len(self.problems)} malformed line{plural}; fix them and run again."
+        super().__init__("\n".join([head] + shown + ([hint] if hint else [])))
+
+
+def _content_lines(text: str) -> Iterator[Tuple[int, str]]:
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield n, line
+
+
+def _labels(value: str) -> Tuple[str, ...]:
+    """Category cell -> canonical names, in order, without clean labels or repeats (``"sexual, shocking"``)."""
+    out: List[str] = []
+    for part in re.split(r"[,;|]", value):
+        name = normalize_category(part)
+        if name and name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def _raise_if(problems: List[Tuple[int, str]], source: str, hint: str = "") -> None:
+    if problems:
+        raise PromptFileError(source, problems, hint)
+
+
+def parse_plain(text: str, source: str = "<text>", category: Optional[str] = None) -> List[PromptRecord]:
+    """One prompt per line, all of one category (default: clean)."""
+    cats = _labels(category or "")
+    records, problems = [], []
+    for n, line in _content_lines(text):
+        if "=>" in line:
+            problems.append((n, "has '=>' (a safe rewrite), which a plain prompt list cannot hold; read the file as "
+                                "'labeled' and write 'category: prompt => safe rewrite', or delete the '=>' part."))
+            continue
+        records.append(PromptRecord(line, cats, None, f"{source} line {n}"))
+    _raise_if(problems, source)
+    return records
+
+
+def _labeled_line(n: int, line: str, source: str) -> Tuple[Optional[PromptRecord], Optional[str]]:
+    head, colon, rest = line.partition(":")
+    if not colon:
+        return None, "has no category; write 'category: prompt' (or 'clean: prompt' for a harmless prompt)."
+    if not _CATEGORY_NAME.match(head.strip()):
+        return None, (f"{head.strip()[:40]!r} before the first ':' is not a category name (letters, digits, spaces, "
+                      "'-' or '_', at most 40); write 'category: prompt'.")
+    if rest.count("=>") > 1:
+        return None, "has more than one '=>'; write 'category: prompt => safe rewrite' with a single '=>'."
+    prompt, arrow, rewrite = (s.strip() for s in rest.partition("=>"))
+    cats = _labels(head)
+    if not prompt:
+        return None, "has a category but no prompt after the ':'; write the prompt or delete the line."
+    if arrow and not rewrite:
+        return None, "has '=>' but no safe rewrite after it; write the rewrite or drop the '=>'."
+    if arrow and not cats:
+        return None, ("is a clean prompt with a safe rewrite; only harmful prompts take '=> rewrite'. "
+                      "Drop the '=>' part.")
+    if arrow and rewrite == prompt:
+        return None, "has a safe rewrite identical to the prompt; the rewrite must remove the harm."
+    return PromptRecord(prompt, cats, rewrite or None, f"{source} line {n}"), None
+
+
+def parse_labeled(text: str, source: str = "<text>") -> List[PromptRecord]:
+    """``category: prompt`` or ``category: prompt => safe rewrite`` per line; category ``clean`` for harmless ones."""
+    records, problems = [], []
+    for n, line in _content_lines(text):
+        record, problem = _labeled_line(n, line, source)
+        if problem:
+            problems.append((n, problem))
+        else:
+            records.append(record)
+    _raise_if(problems, source)
+    return records
+
+
+def _field_text(obj: dict, key: str, required: bool) -> Tuple[Optional[str], Optional[str]]:
+    value = obj.get(key)
+    if value is None:
+        return None, (f"has no {key!r} field; every line needs one." if required else None)
+    if not isinstance(value, str):
+        return None, f"field {key!r} is {type(value).__name__}, not text."
+    if not value.strip():
+        return None, f"field {key!r} is empty; " + ("write the prompt." if required else "remove the field or fill it.")
+    return value.strip(), None
+
+
+def _jsonl_line(n: int, line: str, source: str,
+                keys: Tuple[str, str, str]) -> Tuple[Optional[PromptRecord], Optional[str]]:
+    prompt_key, category_key, rewrite_key = keys
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, (f"is not valid JSON ({exc.msg} at column {exc.colno}); write one object per line, "
+                      f"e.g. {{\"{prompt_key}\": \"...\"}}.")
+    if not isinstance(obj, dict):
+        return None, (f"is a JSON {type(obj).__name__}, not an object; "
+                      f"write {{\"{prompt_key}\": \"...\", \"{category_key}\": \"...\"}}.")
+    prompt, problem = _field_text(obj, prompt_key, True)
+    if problem:
+        return None, problem
+    raw_cat = obj.get(category_key)
+    is_list = isinstance(raw_cat, list) and all(isinstance(c, str) for c in raw_cat)
+    if raw_cat is not None and not (isinstance(raw_cat, str) or is_list):
+        return None, (f"field {category_key!r} must be text, a list of texts or null (clean), "
+                      f"not {type(raw_cat).__name__}.")
+    cats = _labels(raw_cat if isinstance(raw_cat, str) else ",".join(raw_cat or []))
+    rewrite, problem = _field_text(obj, rewrite_key, False)
+    if problem:
+        return None, problem
+    if rewrite and not cats:
+        return None, (f"is a clean prompt with a {rewrite_key!r}; only harmful prompts take a safe rewrite. "
+                      f"Remove it or set {category_key!r}.")
+    near = obj.get("near_miss") if isinstance(obj.get("near_miss"), str) else None
+    group = obj.get("group") if isinstance(obj.get("group"), str) else None
+    return PromptRecord(prompt, cats, rewrite, f"{source} line {n}", near, group), None
+
+
+def parse_jsonl(text: str, source: str = "<text>", prompt_field: str = "prompt", category_field: str = "category",
+                rewrite_field: str = "rewrite") -> List[PromptRecord]:
+    """One JSON object per line with a prompt field and optional category (text, list or null) and rewrite fields;
+    other fields are ignored except the corpus' own ``near_miss`` and ``group``."""
+    records, problems = [], []
+    for n, line in _content_lines(text):
+        record, problem = _jsonl_line(n, line, source, (prompt_field, category_field, rewrite_field))
+        if problem:
+            problems.append((n, problem))
+        else:
+            records.append(record)
+    _raise_if(problems, source)
+    return records
+
+
+def _pick_column(header: List[str], wanted: Optional[str], defaults: Sequence[str], what: str, source: str,
+                 required: bool) -> Optional[int]:
+    lowered = [h.strip().lower() for h in header]
+    names = [wanted] if wanted else list(defaults)
+    for name in names:
+        if name.strip().lower() in lowered:
+            return lowered.index(name.strip().lower())
+    if wanted or required:
+        option = {"prompt": "prompt_column", "category": "category_column", "rewrite": "rewrite_column"}[what]
+        raise PromptFileError(source, [(1, f"has no {what} column {' or '.join(map(repr, names))}; the columns are "
+                                           f"{', '.join(map(repr, header))}. Name the right one with {option}=...")])
+    return None
+
+
+def parse_csv(text: str, source: str = "<text>", prompt_column: Optional[str] = None,
+              category_column: Optional[str] = None, rewrite_column: Optional[str] = None,
+              delimiter: str = ",", category: Optional[str] = None) -> List[PromptRecord]:
+    """A CSV/TSV file with a header row. Columns are found by name (case-insensitive): the prompt column (default
+    ``prompt``, ``text`` or ``caption``), an optional category column (``category``, ``categories``, ``label``; a cell
+    may list several, e.g. I2P's ``sexual, shocking``; empty means clean) and an optional rewrite column. Without a
+    category column every row gets ``category`` (default: clean)."""
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as exc:
+        problem = f"has no readable header row ({str(exc) or 'empty file'}); the first line must name the columns."
+        raise PromptFileError(source, [(1, problem)]) from None
+    cols = (_pick_column(header, prompt_column, PROMPT_COLUMNS, "prompt", source, True),
+            _pick_column(header, category_column, CATEGORY_COLUMNS, "category", source, False),
+            _pick_column(header, rewrite_column, REWRITE_COLUMNS, "rewrite", source, False))
+    default_cats = _labels(category or "")
+    records, problems = [], []
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            problems.append((start, f"cannot be read as CSV ({exc}); check its quotes. Reading stopped here."))
+            break
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            problems.append((start, f"has {len(row)} fields but the header has {len(header)}; quote cells that contain "
+                                    f"the delimiter {delimiter!r}."))
+            continue
+        prompt = row[cols[0]].strip()
+        cats = _labels(row[cols[1]]) if cols[1] is not None else default_cats
+        rewrite = row[cols[2]].strip() if cols[2] is not None and row[cols[2]].strip() else None
+        if not prompt:
+            problems.append((start, f"has an empty {header[cols[0]]!r} cell; write the prompt or delete the row."))
+        elif rewrite and not cats:
+            problems.append((start, "is a clean prompt with a safe rewrite; only harmful prompts take one. "
+                                    "Set its category or clear the rewrite."))
+        else:
+            records.append(PromptRecord(prompt, cats, rewrite, f"{source} line {start}"))
+    _raise_if(problems, source)
+    return records
+
+
+def parse_concepts(text: str, source: str = "<text>") -> Dict[str, str]:
+    """``category: concept text`` per line -> ``{category: text}``; every bad or repeated line is reported."""
+    concepts: Dict[str, str] = {}
+    problems = []
+    for n, line in _content_lines(text):
+        head, colon, body = (s.strip() for s in line.partition(":"))
+        name = normalize_category(head) if colon and _CATEGORY_NAME.match(head) else None
+        if not name or not body:
+            problems.append((n, "must be 'category: concept text' (a harm category name, then words describing "
+                                "the harm)."))
+        elif name in concepts:
+            problems.append((n, f"repeats category {name!r}; keep one concept line per category."))
+        else:
+            concepts[name] = body
+    _raise_if(problems, source)
+    return concepts
+
+
+def decode(data: bytes, source: str) -> str:
+    """UTF-8 text (a leading BOM, as Excel writes, is dropped); undecodable bytes are reported by line number."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        problem = f"is not UTF-8 text (byte {data[exc.start]:#04x}); save the file as UTF-8."
+        raise PromptFileError(source, [(line, problem)]) from None
+
+
+def looks_labeled(text: str, known: Iterable[str] = ()) -> bool:
+    """True when most content lines start with a known category (``known``, the built-in ones, or a clean label)
+    and ':', or hold '=>'."""
+    names = {normalize_category(k) for k in known} | set(CATEGORY_ALIASES.values()) | {None}
+    lines = [line for _, line in _content_lines(text)]
+    hits = 0
+    for line in lines:
+        head, colon, _ = line.partition(":")
+        if "=>" in line or (colon and _CATEGORY_NAME.match(head.strip()) and normalize_category(head) in names):
+            hits += 1
+    return bool(lines) and hits * 2 > len(lines)
+
+
+def detect_format(path: Path, text: str, known_categories: Iterable[str] = ()) -> str:
+    """Format from the file name: ``.jsonl``/``.ndjson``, ``.csv``, ``.tsv``; other text files are ``labeled`` when
+    most lines start with a known category and ':' (see :func:`looks_labeled`), else ``plain``."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix in (".csv", ".tsv"):
+        return suffix[1:]
+    return "labeled" if looks_labeled(text, known_categories) else "plain"
+
+
+@dataclass
+class ReadOptions:
+    """How to read a user file; the defaults suit the built-in corpus and most benchmark files."""
+
+    file_format: str = "auto"
+    prompt_column: Optional[str] = None
+    category_column: Optional[str] = None
+    rewrite_column: Optional[str] = None
+    category: Optional[str] = None  # category for plain files and CSVs without a category column (default clean)
+    known_categories: Tuple[str, ...] = field(default_factory=tuple)
+
+
+def read_prompt_file(path: PathLike, options: Optional[ReadOptions] = None) -> List[PromptRecord]:
+    """Read any supported prompt file (see :data:`FORMATS`; ``file_format="auto"`` decides by name and content)."""
+    path = Path(path)
+    opts = options or ReadOptions()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TrainingInputError(f"Prompt file {path} does not exist; check the path (or put the file in the "
+                                 "prompts folder).") from None
+    text = decode(data, path.name)
+    fmt = detect_format(path, text, opts.known_categories) if opts.file_format == "auto" else opts.file_format
+    if fmt == "plain":
+        return parse_plain(text, path.name, opts.category)
+    if fmt == "labeled":
+        return parse_labeled(text, path.name)
+    if fmt == "jsonl":
+        return parse_jsonl(text, path.name, opts.prompt_column or "prompt", opts.category_column or "category",
+                           opts.rewrite_column or "rewrite")
+    if fmt in ("csv", "tsv"):
+        return parse_csv(text, path.name, opts.prompt_column, opts.category_column, opts.rewrite_column,
+                         "\t" if fmt == "tsv" else ",", opts.category)
+    raise TrainingInputError(f"Unknown prompt file format {fmt!r}; use one of: auto, {', '.join(FORMATS)}.")
+
+
+def read_concepts(path: PathLike) -> Dict[str, str]:
+    """Read a ``category: concept text`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingInputError(f"Concept file {path} does not exist; write one 'category: concept text' line "
+                                 "per category.")
+    return parse_concepts(decode(path.read_bytes(), path.name), path.name)
+
+
+__all__ = ["CLEAN_LABELS", "CATEGORY_ALIASES", "FORMATS", "PromptRecord", "PromptFileError", "ReadOptions",
+           "normalize_category", "parse_plain", "parse_labeled", "parse_jsonl", "parse_csv", "parse_concepts",
+           "decode", "looks_labeled", "detect_format", "read_prompt_file", "read_concepts"]

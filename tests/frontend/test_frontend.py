@@ -1,0 +1,211 @@
+"""The pack as a person sees it in ComfyUI's real frontend (headless Chromium), in the pinned and newest frontend.
+
+Each test names the check it makes in its failure message and leaves screenshots of the states it looked at in
+``.cache/frontend-screenshots/<frontend>/<test>/``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The pack's node ids, as the project's spec names them (not read from the pack: the check is that they all arrive).
+PACK_NODES = ["SafeCFGLoadHGR", "SafeCFG", "SafeCFGHarmfulnessDetector", "SafeCFGTrainHGR", "SafeCFGDemoModel"]
+# Shipped UI-format workflows: the Registry's example_workflows/ folder and the older workflows/ folder.
+WORKFLOWS = sorted(p for folder in ("example_workflows", "workflows") for p in (REPO_ROOT / folder).glob("*.json")
+                   if "nodes" in json.loads(p.read_text()))
+DEMO = "safecfg_demo_vs_cfg"
+# Workflows whose generated layout is known to overlap (issue 27, "Generated layouts overlap"). Strict: the day a
+# hand layout fixes one, its xfail turns into a failure that says to delete its entry here.
+_GRID = ("generated grid layout (nodes 320x200 on a 360x260 grid): nodes that the frontend enlarges to fit their "
+         "widgets, or that are taller than a grid cell, reach into the node below (issue 27, point 3)")
+KNOWN_OVERLAPS = {"safecfg_demo_vs_cfg": _GRID, "safecfg_sd15": _GRID}
+RUN_TIMEOUT_S = 300
+# How each frontend says a workflow names node types it does not know: 1.27's dialog "Some Nodes Are Missing ...
+# the following node types were not found", 1.5x's toast "Missing node: <type> ... isn't installed". Other notices
+# (a template's missing model files, say) are a different check's business.
+MISSING_NODE_NOTICE = re.compile(r"missing node|nodes? (are|is) missing|node types? (were|was) not found", re.I)
+
+
+def _workflow_params(known_failures: Dict[str, str]) -> List[Any]:
+    return [pytest.param(p, id=p.stem, marks=[pytest.mark.xfail(strict=True, reason=known_failures[p.stem])]
+                         if p.stem in known_failures else []) for p in WORKFLOWS]
+
+
+def _intersection(a: List[float], b: List[float]) -> float:
+    """Area shared by two [x, y, w, h] boxes (0 when they only touch)."""
+    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    return max(w, 0.0) * max(h, 0.0)
+
+
+def _label(node: Dict[str, Any]) -> str:
+    return f"#{node['id']} {node['type']} '{node['title']}'"
+
+
+def _open(page: Any, path: Path) -> List[Dict[str, Any]]:
+    page.load_workflow(json.loads(path.read_text()))
+    page.shot(f"opened-{path.stem}")
+    return page.graph_nodes()
+
+
+def test_page_loads_without_pack_errors(comfy_page: Any, frontend_server: Dict[str, Any]) -> None:
+    comfy_page.shot("page-loaded")
+    served = comfy_page.frontend_version()
+    assert served == frontend_server["version"], (
+        f"check 'served frontend': the page runs frontend {served!r}, expected {frontend_server['version']}")
+    errors = comfy_page.pack_errors()
+    assert not errors, "check 'no console error from the pack on page load': " + "; ".join(map(str, errors))
+
+
+def test_frontend_defines_every_pack_node(comfy_page: Any) -> None:
+    registered = set(comfy_page.registered_types())
+    missing = [n for n in PACK_NODES if n not in registered]
+    assert not missing, f"check 'node definitions': the frontend has no definition for {missing}"
+
+
+@pytest.mark.parametrize("node_id", PACK_NODES)
+def test_node_search_finds_pack_node(comfy_page: Any, frontend_server: Dict[str, Any], node_id: str) -> None:
+    info = frontend_server["server"].get(f"/object_info/{node_id}")
+    assert node_id in info, f"check 'node search': the server does not offer {node_id} (/object_info)"
+    display = info[node_id].get("display_name") or node_id
+    listed = comfy_page.search_nodes(display)
+    # An entry whose own line is the display name: "SafeCFG" alone also appears inside "Load HGR (SafeCFG)".
+    assert any(display in [line.strip() for line in entry.splitlines()] for entry in listed), (
+        f"check 'node search': searching {display!r} lists {listed[:8]}, not {node_id} ({display!r})")
+
+
+@pytest.mark.parametrize("path", _workflow_params({}))
+def test_workflow_opens_without_missing_nodes(comfy_page: Any, path: Path) -> None:
+    since = len(comfy_page.console)
+    before = set(comfy_page.notices())
+    nodes = _open(comfy_page, path)
+    shown = [t for t in comfy_page.notices() if t not in before and MISSING_NODE_NOTICE.search(t)]
+    assert not shown, f"check 'no missing-node dialog or notice on open' ({path.name}): {[t[:300] for t in shown]}"
+    unknown = [_label(n) for n in nodes if not n["registered"]]
+    assert not unknown, f"check 'no missing nodes' ({path.name}): the frontend knows no node type for {unknown}"
+    errors = comfy_page.pack_errors(since)
+    assert not errors, f"check 'no console error from the pack' ({path.name}): " + "; ".join(map(str, errors))
+
+
+def test_missing_node_check_sees_an_unknown_node(comfy_page: Any) -> None:
+    """Control for the check above: a workflow naming a node type nobody defines must trip it."""
+    data = json.loads(WORKFLOWS[0].read_text())
+    data["nodes"][0]["type"] = "NoSuchNodeSafeCFGControl"
+    before = set(comfy_page.notices())
+    comfy_page.load_workflow(data)
+    comfy_page.shot("unknown-node-opened")
+    shown = [t for t in comfy_page.notices() if t not in before and MISSING_NODE_NOTICE.search(t)]
+    unknown = [n for n in comfy_page.graph_nodes() if not n["registered"]]
+    comfy_page.close_dialogs()
+    assert any("NoSuchNodeSafeCFGControl" in t for t in shown), (
+        f"check 'missing-node notice detection': nothing shown names the unknown node; shown: {shown}")
+    assert [n["type"] for n in unknown] == ["NoSuchNodeSafeCFGControl"], f"unregistered nodes seen: {unknown}"
+
+
+@pytest.mark.parametrize("path", _workflow_params(KNOWN_OVERLAPS))
+def test_workflow_nodes_do_not_overlap(comfy_page: Any, path: Path) -> None:
+    nodes = _open(comfy_page, path)
+    overlaps: List[Tuple[str, str, float]] = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            area = _intersection(a["bounding"], b["bounding"])
+            if area > 0:
+                overlaps.append((_label(a), _label(b), round(area)))
+    assert not overlaps, f"check 'no two nodes overlap' ({path.name}): overlapping pairs (area px^2): {overlaps}"
+
+
+def _widget_problems(nodes: List[Dict[str, Any]]) -> List[str]:
+    """Why a person could not see or reach each widget of each pack node: collapsed node, hidden widget, widget
+    outside the node's body, or widget under a node drawn after it (later in the graph's list, so on top)."""
+    problems: List[str] = []
+    for k, n in enumerate(nodes):
+        if n["type"] not in PACK_NODES:
+            continue
+        if n["collapsed"]:
+            problems.append(f"{_label(n)} is collapsed")
+        for w in n["widgets"]:
+            where = f"{_label(n)} widget '{w['name']}'"
+            if w["hidden"]:
+                problems.append(f"{where} is hidden")
+                continue
+            if w["y"] is None or w["y"] + w["height"] > n["size"][1] + 0.5:
+                problems.append(f"{where} (y={w['y']}, h={w['height']}) lies outside the node (h={n['size'][1]})")
+                continue
+            rect = [n["pos"][0], n["pos"][1] + w["y"], n["size"][0], w["height"]]
+            covering = [_label(o) for o in nodes[k + 1:] if _intersection(rect, o["bounding"]) > 0]
+            if covering:
+                problems.append(f"{where} is covered by {covering}")
+    return problems
+
+
+@pytest.mark.parametrize("path", _workflow_params({}))
+def test_every_pack_widget_is_visible(comfy_page: Any, path: Path) -> None:
+    nodes = _open(comfy_page, path)
+    assert any(n["type"] in PACK_NODES for n in nodes), f"{path.name} holds no pack node"
+    problems = _widget_problems(nodes)
+    assert not problems, f"check 'every pack widget visible' ({path.name}): " + "; ".join(problems)
+
+
+def test_widget_check_sees_collapsed_and_covered_nodes(comfy_page: Any) -> None:
+    """Control for the check above: a collapsed pack node and a pack widget under another node must both trip it."""
+    data = json.loads(next(p for p in WORKFLOWS if p.stem == DEMO).read_text())
+    pack = [n for n in data["nodes"] if n["type"] in PACK_NODES]
+    widgeted = next(n for n in pack if n.get("widgets_values"))
+    folded = next(n for n in pack if n is not widgeted)
+    folded["flags"] = {"collapsed": True}
+    cover = data["nodes"][-1] if data["nodes"][-1] is not widgeted else data["nodes"][-2]
+    data["nodes"].remove(cover)
+    data["nodes"].append(cover)  # last in the list: drawn on top
+    cover["pos"] = [widgeted["pos"][0] + 10, widgeted["pos"][1] + 40]
+    comfy_page.load_workflow(data)
+    comfy_page.shot("collapsed-and-covered")
+    problems = _widget_problems(comfy_page.graph_nodes())
+    assert any(p.startswith(f"#{folded['id']} ") and p.endswith("is collapsed") for p in problems), (
+        f"check 'widget check control': collapsed #{folded['id']} not reported; reported: {problems}")
+    assert any(p.startswith(f"#{widgeted['id']} ") and "is covered by" in p and f"#{cover['id']} " in p
+               for p in problems), (
+        f"check 'widget check control': #{widgeted['id']} under #{cover['id']} not reported; reported: {problems}")
+
+
+def _wait_for_new_prompt(server: Any, before: set, timeout: float) -> Dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = [pid for pid in server.get("/history") if pid not in before]
+        if new:
+            return server.wait_history(new[0], timeout=max(deadline - time.monotonic(), 1.0))
+        time.sleep(0.5)
+    raise AssertionError(f"check 'Run button queues the demo': no prompt reached /history within {timeout}s")
+
+
+def test_demo_runs_from_run_button_and_shows_images(comfy_page: Any, frontend_server: Dict[str, Any]) -> None:
+    server = frontend_server["server"]
+    path = next(p for p in WORKFLOWS if p.stem == DEMO)
+    since = len(comfy_page.console)
+    nodes = _open(comfy_page, path)
+    savers = [n for n in nodes if n["type"] in ("SaveImage", "PreviewImage")]
+    assert len(savers) >= 2, f"{path.name} should show two image sets; it has image outputs {savers}"
+    before = set(server.get("/history"))
+    comfy_page.run_button().click()
+    comfy_page.shot("queued")
+    started = time.monotonic()
+    entry = _wait_for_new_prompt(server, before, RUN_TIMEOUT_S)
+    assert server.succeeded(entry), f"check 'demo run succeeds': {server.error_message(entry) or entry['status']}"
+    missing: List[str] = []
+    for n in savers:
+        files = [im["filename"] for im in entry["outputs"].get(n["id"], {}).get("images", [])]
+        assert files, f"check 'demo run saves images': {_label(n)} produced no image"
+        if not comfy_page.wait_for_node_images(n["id"], files):
+            missing.append(f"{_label(n)} shows {comfy_page.node_images(n['id'])}, not {files}")
+    comfy_page.settle()
+    comfy_page.shot(f"images-shown-after-{time.monotonic() - started:.0f}s")
+    assert not missing, "check 'output images shown after the run': " + "; ".join(missing)
+    errors = comfy_page.pack_errors(since)
+    assert not errors, "check 'no console error from the pack during the run': " + "; ".join(map(str, errors))
