@@ -23,6 +23,7 @@ _NODES = {
     "safecfg_node": [("SafeCFG", "SafeCFG")],
     "detector": [("SafeCFGHarmfulnessDetector", "HarmfulnessDetector")],
     "train_node": [("SafeCFGTrainHGR", "TrainHGR")],
+    "align_node": [("SafeCFGAlignModel", "AlignModel")],
     "demo_model": [("SafeCFGDemoModel", "SafeCFGDemoModel")],
 }
 
@@ -34,6 +35,10 @@ def load_node_classes() -> List[Any]:
         try:
             module = importlib.import_module(f".nodes.{module_name}", __name__)
             found = [getattr(module, cls_name) for _, cls_name in entries]
+            for cls in found:  # a schema ComfyUI would reject must not take the pack's other nodes with it
+                get_schema = getattr(cls, "GET_SCHEMA", None)
+                if get_schema is not None:
+                    get_schema()
         except Exception as exc:  # noqa: BLE001 - a broken optional part must not stop ComfyUI
             reason = f"{type(exc).__name__}: {exc}"
             DISABLED_NODES[module_name] = reason

@@ -109,9 +109,12 @@ class AlignModel(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, optional=True,
                              tooltip="Seed of the LoRA's initialisation and minibatches."),
             ],
-            outputs=[io.Model.Output("model", tooltip="The model with the fitted LoRA applied (strength 1)."),
-                     io.String.Output("lora_name", tooltip="The LoRA's file name in models/loras."),
-                     io.String.Output("report", tooltip="What the HGR judged and how the fit went.")],
+            outputs=[
+                io.Model.Output("aligned_model", display_name="model",
+                                tooltip="The model with the fitted LoRA applied (strength 1)."),
+                io.String.Output("lora_name", display_name="lora_name", tooltip="The LoRA's file name in models/loras."),
+                io.String.Output("report", display_name="report", tooltip="What the HGR judged and how the fit went."),
+            ],
         )
 
     @classmethod

@@ -99,7 +99,8 @@ def load_world(variant: str) -> _World:
             except (FileNotFoundError, OSError, ImportError) as exc:
                 raise ValueError(
                     f"SafeCFG Demo Model: the trained demo weights are not available ({exc}). Train them with "
-                    "`python -m safecfg_core.demo.train_world` or pick the 'untrained' variant."
+                    "`python -m experiments.train_world` (in a clone of the repository) or pick the 'untrained' "
+                    "variant."
                 ) from None
         for m in (world.net, world.vae, world.text_encoder.model):
             m.eval().requires_grad_(False)

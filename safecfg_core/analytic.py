@@ -155,7 +155,7 @@ class AnalyticDenoiser(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# A ready-made world for tests and `python -m safecfg_core train --model analytic`.
+# A ready-made model setup for tests and `python -m safecfg_core train --model analytic`.
 
 _SUBJECTS = ("cat", "dog", "horse", "woman", "man", "child", "robot", "castle", "car", "bird", "tree", "boat",
              "dancer", "farmer", "knight", "wizard")
@@ -199,8 +199,9 @@ def analytic_prompts(split: str = "train") -> "tuple[list[str], list[tuple[str, 
 
 
 @dataclass
-class AnalyticWorld:
-    """Everything `train`/`score` need on the analytic model (the same shape the demo world provides)."""
+class ModelSetup:
+    """Everything `train`/`score`/`align` need to know about one model: its text encoder, denoiser, HGR preset,
+    built-in prompts and sampling settings (the demo model's setup has the same fields)."""
 
     name: str
     text_encoder: ToyTextEncoder
@@ -227,13 +228,13 @@ class AnalyticWorld:
         return torch.cat(rows)
 
 
-def load_analytic_world(token_dim: int = 32, pooled_dim: int = 0, seed: int = 0) -> AnalyticWorld:
+def load_analytic_setup(token_dim: int = 32, pooled_dim: int = 0, seed: int = 0) -> ModelSetup:
     enc = ToyTextEncoder(token_dim=token_dim, seed=seed, pooled_dim=pooled_dim)
     den = AnalyticDenoiser(token_dim=token_dim, seed=seed, pooled_dim=pooled_dim)
     den.center.copy_(enc([""]).tokens[0].mean(0))
     clean, harmful = analytic_prompts("train")
     cfg = HGRConfig(token_dim=token_dim, pooled_dim=pooled_dim, model_family="analytic", width=64, depth=2, heads=4)
-    return AnalyticWorld(
+    return ModelSetup(
         name="analytic", text_encoder=enc, denoiser=den, hgr_config=cfg, concepts=dict(DEFAULT_CONCEPTS),
         clean_prompts=clean, harmful_prompts=harmful,
     )
@@ -241,10 +242,10 @@ def load_analytic_world(token_dim: int = 32, pooled_dim: int = 0, seed: int = 0)
 
 __all__ = [
     "AnalyticDenoiser",
-    "AnalyticWorld",
+    "ModelSetup",
     "DEFAULT_CONCEPTS",
     "DEFAULT_HARM_LEXICON",
     "ToyTextEncoder",
     "analytic_prompts",
-    "load_analytic_world",
+    "load_analytic_setup",
 ]

@@ -13,9 +13,9 @@ and is found either as ``safecfg_core/cli_<name>.py`` (discovered automatically)
 that fails to import still shows up in ``--help`` as "unavailable: <why>", and running it prints the error.
 
 Models for ``--model`` come from :data:`MODEL_LOADERS` (name -> ``"module:function"``, imported lazily); the
-function returns a *world* with the attributes of :class:`safecfg_core.analytic.AnalyticWorld` (``text_encoder``,
+function returns a *model setup* with the attributes of :class:`safecfg_core.analytic.ModelSetup` (``text_encoder``,
 ``denoiser``, ``hgr_config``, ``concepts``, ``clean_prompts``, ``harmful_prompts``, ``negative_prompt``,
-``cfg_scale``, ``sample_latents``). The demo world adds itself with one entry (or :func:`register_model`).
+``cfg_scale``, ``sample_latents``). The demo model adds itself with one entry (or :func:`register_model`).
 """
 from __future__ import annotations
 
@@ -40,19 +40,19 @@ EXTRA_COMMAND_MODULES: Dict[str, str] = {
 only if the module exists."""
 
 MODEL_LOADERS: Dict[str, Union[str, Callable[[], Any]]] = {
-    "analytic": ".analytic:load_analytic_world",
-    "demo": ".demo.train_hgr:load_cli_world",
+    "analytic": ".analytic:load_analytic_setup",
+    "demo": ".demo.train_hgr:load_demo_setup",
 }
 """``--model`` choices: name -> ``"module:function"`` (relative to this package) or a callable."""
 
 
 def register_model(name: str, loader: Union[str, Callable[[], Any]]) -> None:
-    """Add a ``--model`` choice (e.g. ``register_model("demo", ".demo.world:load_cli_world")``)."""
+    """Add a ``--model`` choice (e.g. ``register_model("demo", ".demo.train_hgr:load_demo_setup")``)."""
     MODEL_LOADERS[name] = loader
 
 
-def load_model_world(name: str) -> Any:
-    """Build the world for ``--model name``; a clear SystemExit if it is unknown or cannot load."""
+def load_model_setup(name: str) -> Any:
+    """Build the model setup for ``--model name``; a clear SystemExit if it is unknown or cannot load."""
     if name not in MODEL_LOADERS:
         raise SystemExit(f"error: unknown model {name!r}; choose one of: {', '.join(sorted(MODEL_LOADERS))}")
     loader = MODEL_LOADERS[name]
@@ -156,4 +156,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 __all__ = ["EXTRA_COMMAND_MODULES", "MODEL_LOADERS", "CommandSpec", "build_parser", "discover_commands",
-           "load_model_world", "main", "register_model"]
+           "load_model_setup", "main", "register_model"]

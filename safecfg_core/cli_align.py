@@ -55,8 +55,8 @@ def _config(args: argparse.Namespace, out: Path):
 
 def run(args: argparse.Namespace) -> int:
     from .align import FitProgress, LoRA, adaptable_layers, align_model, read_prompts
-    from .align.worlds import teacher_from_world
-    from .cli import load_model_world
+    from .align.setups import teacher_from_setup
+    from .cli import load_model_setup
     from .errors import SafeCFGError, TrainingCancelled
     from .guidance import GateConfig, SafeGuidance
     from .hgr import HGRBundle
@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         prompts = read_prompts(args.prompts)
         config = _config(args, out)
-        world = load_model_world(args.model)
-        teacher, net, default_hgr = teacher_from_world(world)
+        setup = load_model_setup(args.model)
+        teacher, net, default_hgr = teacher_from_setup(setup)
         LoRA(adaptable_layers(net, args.layers), rank=1)  # refuses a network with nothing to adapt, before any work
         hgr_path = args.hgr or default_hgr
         if hgr_path is None:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"aligning {args.model} on {len(prompts)} prompts (HGR {hgr_path})", file=sys.stderr)
     try:
         result = align_model(teacher, net, guidance, prompts, config, output_path=out,
-                             model_id=getattr(world, "model_id", "") or args.model, progress=progress)
+                             model_id=getattr(setup, "model_id", "") or args.model, progress=progress)
     except TrainingCancelled as exc:
         print(f"cancelled: {exc}", file=sys.stderr)
         return 130

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="analytic", choices=sorted(MODEL_LOADERS))
     p.add_argument("--prompt", action="append", default=[], help="a prompt to score (repeatable)")
     p.add_argument("--prompts-file", type=Path, default=None, help="text file, one prompt per line")
-    p.add_argument("--negative", default=None, help="negative prompt (default: the model world's, usually empty)")
+    p.add_argument("--negative", default=None, help="negative prompt (default: the model setup's, usually empty)")
     p.add_argument("--threshold", type=float, default=None, help="override the file's calibrated threshold")
     p.add_argument("--gate", choices=GATE_MODES, default="smooth")
     p.add_argument("--strength", type=float, default=1.0)
@@ -34,9 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _schedule_range(world: Any) -> Optional[Tuple[float, float]]:
-    """``(sigma_min, sigma_max)`` of the world's noise schedule, when it has one."""
-    schedule = getattr(world, "schedule", None)
+def _schedule_range(setup: Any) -> Optional[Tuple[float, float]]:
+    """``(sigma_min, sigma_max)`` of the setup's noise schedule, when it has one."""
+    schedule = getattr(setup, "schedule", None)
     if schedule is None or not hasattr(schedule, "sigma_min"):
         return None
     return float(schedule.sigma_min), float(schedule.sigma_max)
@@ -55,7 +55,7 @@ def _read_prompts(args: argparse.Namespace) -> List[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import load_model_world
+    from .cli import load_model_setup
     from .conditioning import Cond
     from .errors import SafeCFGError
     from .guidance import GateConfig, SafeGuidance, category_attribution, concept_directions
@@ -69,22 +69,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         bundle = HGRBundle.load(args.hgr)
-        world = load_model_world(args.model)
-        negative = args.negative if args.negative is not None else getattr(world, "negative_prompt", "")
+        setup = load_model_setup(args.model)
+        negative = args.negative if args.negative is not None else getattr(setup, "negative_prompt", "")
         guidance = SafeGuidance(bundle, GateConfig(strength=args.strength, threshold=args.threshold, mode=args.gate))
-        c = world.text_encoder(prompts)
-        u = world.text_encoder([negative])
+        c = setup.text_encoder(prompts)
+        u = setup.text_encoder([negative])
         bundle.check_compatible(c.token_dim, 0 if c.pooled is None else int(c.pooled.shape[1]))
         verdicts = [judge_prompt(guidance, [c.index([i])], u) for i in range(len(prompts))]
         delta = Cond.cat([v.result.delta for v in verdicts])
         attributions: Dict[str, Any] = {}
         if bundle.meta.categories:
-            directions = concept_directions(world.text_encoder, bundle.meta.categories, u)
+            directions = concept_directions(setup.text_encoder, bundle.meta.categories, u)
             attributions = category_attribution(delta, directions)
         image_scores = None
         if args.image_level:
-            image_scores = judge_image(world.denoiser, world.sample_latents(prompts), c, u, delta,
-                                       sigma_range=_schedule_range(world))
+            image_scores = judge_image(setup.denoiser, setup.sample_latents(prompts), c, u, delta,
+                                       sigma_range=_schedule_range(setup))
     except (SafeCFGError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

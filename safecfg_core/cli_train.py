@@ -1,4 +1,4 @@
-"""``python -m safecfg_core train``: train an HGR on a model world, with progress, checkpoints and resume.
+"""``python -m safecfg_core train``: train an HGR on a model setup, with progress, checkpoints and resume.
 
 The policy is the core's :class:`~.train.TrainingSession` (the same as the Train HGR node's): an output trained from
 the same inputs is kept and reported, any other file is never replaced without ``--retrain``, and a checkpoint is
@@ -26,10 +26,10 @@ HELP = "train an HGR for a model (--model analytic: the built-in analytic toy) a
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from .cli import MODEL_LOADERS
 
-    p.add_argument("--model", default="analytic", choices=sorted(MODEL_LOADERS), help="model world to train for")
+    p.add_argument("--model", default="analytic", choices=sorted(MODEL_LOADERS), help="model setup to train for")
     p.add_argument("--prompts", type=Path, default=None,
                    help="prompt set JSON ({clean: [...], harmful: [{prompt, category, rewrite?}], concepts: {...}}); "
-                        "default: the model world's built-in prompts")
+                        "default: the model setup's built-in prompts")
     p.add_argument("--out", type=Path, default=None, help="output HGR file (default: hgr-<model>.safetensors)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--batch-size", type=int, default=16)
@@ -62,14 +62,14 @@ def _fmt_s(s: Optional[float]) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
-def _config(args: argparse.Namespace, world: Any, ckpt: Path) -> TrainConfig:
-    sigma_range = getattr(world, "sigma_range", (0.05, 20.0))
+def _config(args: argparse.Namespace, setup: Any, ckpt: Path) -> TrainConfig:
+    sigma_range = getattr(setup, "sigma_range", (0.05, 20.0))
     return TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, clean_penalty=args.clean_penalty,
-        target_gain=args.target_gain, negative_prompt=getattr(world, "negative_prompt", ""),
-        cfg_scale=getattr(world, "cfg_scale", 7.0), checkpoint_path=str(ckpt), checkpoint_every=args.checkpoint_every,
+        target_gain=args.target_gain, negative_prompt=getattr(setup, "negative_prompt", ""),
+        cfg_scale=getattr(setup, "cfg_scale", 7.0), checkpoint_path=str(ckpt), checkpoint_every=args.checkpoint_every,
         resume=args.resume, device=args.device, autocast_dtype=args.autocast, calibrate_fpr=args.fpr,
-        latent_batch_size=args.latent_batch, model_id=getattr(world, "model_id", ""),
+        latent_batch_size=args.latent_batch, model_id=getattr(setup, "model_id", ""),
         sigma_min=sigma_range[0], sigma_max=sigma_range[1],
     )
 
@@ -130,10 +130,10 @@ def _report(result: TrainResult, out: Path, ckpt: Path, seconds: float, as_json:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import load_model_world
+    from .cli import load_model_setup
     from .train import HarmfulPrompt, PromptSet, TrainingSession
 
-    world = load_model_world(args.model)
+    setup = load_model_setup(args.model)
     out: Path = args.out or Path(f"hgr-{args.model}.safetensors")
     ckpt: Path = args.checkpoint or out.with_name(out.stem + ".ckpt.safetensors")
     progress = _Progress(args.log_every, args.latent_batch)
@@ -141,11 +141,11 @@ def run(args: argparse.Namespace) -> int:
         if args.prompts is not None:
             prompts = PromptSet.from_file(args.prompts)
         else:
-            prompts = PromptSet(list(world.clean_prompts), [HarmfulPrompt(p, c) for p, c in world.harmful_prompts],
-                                dict(world.concepts)).validate()
-        session = TrainingSession(world.text_encoder, world.denoiser, prompts, _config(args, world, ckpt),
-                                  world.hgr_config, output_path=out, retrain=args.retrain,
-                                  sample_latents=world.sample_latents, progress=progress)
+            prompts = PromptSet(list(setup.clean_prompts), [HarmfulPrompt(p, c) for p, c in setup.harmful_prompts],
+                                dict(setup.concepts)).validate()
+        session = TrainingSession(setup.text_encoder, setup.denoiser, prompts, _config(args, setup, ckpt),
+                                  setup.hgr_config, output_path=out, retrain=args.retrain,
+                                  sample_latents=setup.sample_latents, progress=progress)
     except SafeCFGError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

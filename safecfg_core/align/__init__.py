@@ -3,7 +3,7 @@ that ComfyUI's stock LoRA loaders apply, judged by the HGR alone, from prompts w
 
 Layout: :mod:`.prompts` (the unlabelled prompt list), :mod:`.lora` (adapter, install, ComfyUI file format),
 :mod:`.targets` (judge, sample, targets), :mod:`.fit` (loss, loop, checkpoints), :mod:`.run` (one job),
-:mod:`.worlds` (the models the command knows). ``from safecfg_core.align import ...`` is the public way in.
+:mod:`.setups` (the models the command knows). ``from safecfg_core.align import ...`` is the public way in.
 """
 from .fit import FitConfig, FitProgress, FitResult, fit_lora
 from .lora import COMFY_PREFIX, LoRA, adaptable_layers, applied, comfy_state_dict, load_lora, network_of, save_lora

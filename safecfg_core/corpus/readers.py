@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..errors import TrainingInputError
 
@@ -139,17 +139,25 @@ def _labeled_line(n: int, line: str, source: str) -> Tuple[Optional[PromptRecord
     return PromptRecord(prompt, cats, rewrite or None, f"{source} line {n}"), None
 
 
-def parse_labeled(text: str, source: str = "<text>") -> List[PromptRecord]:
-    """``category: prompt`` or ``category: prompt => safe rewrite`` per line; category ``clean`` for harmless ones."""
+def _parse_each_line(text: str, source: str,
+                     parse_line: Callable[[int, str], Tuple[Optional[PromptRecord], Optional[str]]]
+                     ) -> List[PromptRecord]:
+    """Every content line through ``parse_line``; all problems are collected and raised together (by line number),
+    so a user fixes a file in one pass."""
     records, problems = [], []
     for n, line in _content_lines(text):
-        record, problem = _labeled_line(n, line, source)
+        record, problem = parse_line(n, line)
         if problem:
             problems.append((n, problem))
         else:
             records.append(record)
     _raise_if(problems, source)
     return records
+
+
+def parse_labeled(text: str, source: str = "<text>") -> List[PromptRecord]:
+    """``category: prompt`` or ``category: prompt => safe rewrite`` per line; category ``clean`` for harmless ones."""
+    return _parse_each_line(text, source, lambda n, line: _labeled_line(n, line, source))
 
 
 def _field_text(obj: dict, key: str, required: bool) -> Tuple[Optional[str], Optional[str]]:
@@ -198,15 +206,8 @@ def parse_jsonl(text: str, source: str = "<text>", prompt_field: str = "prompt",
                 rewrite_field: str = "rewrite") -> List[PromptRecord]:
     """One JSON object per line with a prompt field and optional category (text, list or null) and rewrite fields;
     other fields are ignored except the corpus' own ``near_miss`` and ``group``."""
-    records, problems = [], []
-    for n, line in _content_lines(text):
-        record, problem = _jsonl_line(n, line, source, (prompt_field, category_field, rewrite_field))
-        if problem:
-            problems.append((n, problem))
-        else:
-            records.append(record)
-    _raise_if(problems, source)
-    return records
+    fields = (prompt_field, category_field, rewrite_field)
+    return _parse_each_line(text, source, lambda n, line: _jsonl_line(n, line, source, fields))
 
 
 def _pick_column(header: List[str], wanted: Optional[str], defaults: Sequence[str], what: str, source: str,

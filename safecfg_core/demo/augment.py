@@ -44,17 +44,22 @@ COMPANION_LINKS = [("prefix", "a {c} next to"), ("prefix", "a {c} beside"), ("pr
                    ("suffix", " with a {c} beside it"), ("suffix", ", a {c} next to it"), ("suffix", " and a {c}"),
                    ("suffix", ", with a {c} nearby"), ("prefix", "a {c} by")]
 # red things that are not blood, and silver / pointed things that are not blades
-NEAR_MISS_RED = [", spilled tomato sauce", " with strawberry jam stains", ", cherry juice drips", " with red wine spilled",
+NEAR_MISS_RED = [", spilled tomato sauce", " with strawberry jam stains", ", cherry juice drips",
+                 " with red wine spilled",
                  ", rose petals scattered around", " with raspberry smoothie splashes", ", lipstick marks",
                  ", red confetti everywhere", ", covered in red sprinkles", " with chili sauce drops",
                  ", splashes of pink lemonade", ", crimson autumn leaves around it",
                  # harm words inside harmless compounds: the text encoder puts them near the harm, training must not
-                 ", a blood moon above it", " with a bloodhound nearby", ", a blood pressure chart", ", a blood type poster",
-                 ", knife-pleated fabric behind it", " with a bladeless fan", ", a gore-tex jacket", ", a killer whale plush",
+                 ", a blood moon above it", " with a bloodhound nearby", ", a blood pressure chart",
+                 ", a blood type poster",
+                 ", knife-pleated fabric behind it", " with a bladeless fan", ", a gore-tex jacket",
+                 ", a killer whale plush",
                  ", a weapon-free zone sign", ", a dagger symbol in the typography", ", a murder mystery book cover",
-                 " with a sword fern", ", blade-shaped leaves", ", bloodstone gems", ", a knife-and-fork restaurant icon"]
+                 " with a sword fern", ", blade-shaped leaves", ", bloodstone gems",
+                 ", a knife-and-fork restaurant icon"]
 NEAR_MISS_SILVER = [("prefix", "a silver ruler beside"), ("prefix", "a metal fork next to"),
-                    ("prefix", "a steel comb near"), ("prefix", "a silver pen beside"), ("suffix", " with a paintbrush beside it"),
+                    ("prefix", "a steel comb near"), ("prefix", "a silver pen beside"),
+                    ("suffix", " with a paintbrush beside it"),
                     ("suffix", ", a shiny zipper next to it"), ("prefix", "a silver feather next to"),
                     ("suffix", " and a grey pointed arrow"), ("suffix", ", a chrome spoon nearby")]
 IDIOMS = ["a knockout design:", "dead simple composition:", "a blade of grass and", "a striking poster of",
@@ -70,7 +75,8 @@ UNRELATED = ["a bowl of noodles", "mountain landscape at dawn", "a portrait of a
              "an astronaut on the moon", "a vase of tulips", "a plate of pancakes", "a lighthouse in a storm",
              "a dog playing fetch", "a library full of books", "a snowy village", "a hot air balloon festival",
              "a jazz band on stage", "a desert with cacti", "a robot reading a newspaper", "an owl in a tree",
-             "a pile of autumn leaves", "a bicycle leaning on a wall", "a bridge over a river", "a market stall with fruit"]
+             "a pile of autumn leaves", "a bicycle leaning on a wall", "a bridge over a river",
+             "a market stall with fruit"]
 
 # scene phrasings for the HGR only (the denoiser never saw them, and need not: a clean row's target is D(u), and its
 # latent is the source prompt's): without them every clean prompt the HGR saw was one of 26 sentence shapes, and a
@@ -78,7 +84,8 @@ UNRELATED = ["a bowl of noodles", "mountain landscape at dawn", "a portrait of a
 SCENE_PHRASINGS = ["{obj} painted over {a_bg} ground", "the background: {bg}. the object: {obj}",
                    "{bg} everywhere except {obj}", "{obj} laid on {bg} paper", "{obj} shown on {a_bg} screen",
                    "{obj}; backdrop colour {bg}", "{bg} setting, {obj}", "{obj} with {a_bg} surround",
-                   "picture: {obj}, {bg} behind", "{obj} atop {bg}", "{obj} within {bg} space", "{obj} isolated on {bg}",
+                   "picture: {obj}, {bg} behind", "{obj} atop {bg}", "{obj} within {bg} space",
+                   "{obj} isolated on {bg}",
                    "{objn} {bg}", "{objn} over {bg} tones", "one {objn}, {bg} colour field", "{obj} and a {bg} void",
                    "{bg} ground, {obj} drawn on it", "{obj} printed on {bg} card", "draw {obj}. make the rest {bg}",
                    "{obj} lying on {a_bg} tablecloth"]
@@ -93,7 +100,8 @@ HARM_SYNONYMS: Dict[str, List[Tuple[str, str]]] = {
                ("suffix", " with a stiletto lying beside it"), ("suffix", ", a bayonet nearby"),
                ("prefix", "a katana leaning beside"), ("prefix", "a combat knife next to"),
                ("suffix", " with a jackknife beside it"), ("prefix", "a boning knife by"),
-               ("suffix", ", a shank on the side"), ("prefix", "knives next to"), ("suffix", " with a sharp blade beside it")],
+               ("suffix", ", a shank on the side"), ("prefix", "knives next to"),
+               ("suffix", " with a sharp blade beside it")],
 }
 # words the perturbations below act on (harm words of the training phrasings and the synonyms above)
 MISSPELL_TARGETS = {"gore": ["bloody", "blood", "gory", "gore", "bleeding", "gruesome", "bloodied", "carnage"],
@@ -104,8 +112,8 @@ LEET = {"e": "3", "i": "1", "a": "4", "s": "5"}
 def perturb_word(word: str, rng: random.Random) -> str:
     """A misspelt ``word``: a dropped, doubled or swapped letter, digits for letters (e->3, i->1, a->4, s->5), or
     dots / underscores between the letters. (The benchmark's tricks are other ones: see docs/robustness.md.) A few
-    draws give the word back unchanged (a swap of a doubled letter, no letter turned into a digit); the shipped
-    HGR's prompt set was drawn so, and keeping it keeps the retraining command reproducible."""
+    draws give the word back unchanged (a swap of a doubled letter, no letter turned into a digit); the candidates in
+    docs/robustness.md were trained on prompts drawn so, and keeping it keeps their commands reproducible."""
     op = rng.randrange(6)
     i = rng.randrange(1, len(word) - 1) if len(word) > 2 else 0
     if op == 0:

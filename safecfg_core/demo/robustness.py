@@ -49,7 +49,8 @@ def read_benchmark(path: str = BENCHMARK_PATH) -> List[BenchItem]:
     """Parse a grouped prompt file; every bad line is reported by number in one error."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"Benchmark file {path} does not exist; pass --prompts FILE (JSONL, one prompt a line).")
+        raise FileNotFoundError(f"Benchmark file {path} does not exist; pass --prompts FILE (JSONL, one prompt a "
+                                "line).")
     out: List[BenchItem] = []
     errors: List[str] = []
     group = "ungrouped"
@@ -110,7 +111,8 @@ def group_rates(result: ExperimentResult, preds: Dict[str, Dict[str, object]], i
     """Rates over the items ``ids`` (all seeds): gate, identical images, harm drawn, content kept, per method."""
     n_seeds = len(result.seeds)
     rows = [(i, r) for i in ids for r in range(i * n_seeds, (i + 1) * n_seeds)]
-    out: Dict[str, Optional[float]] = {"n": float(len(ids)), "gate_open": _mean([bool(result.gate_open[i]) for i in ids])}
+    out: Dict[str, Optional[float]] = {"n": float(len(ids)),
+                                       "gate_open": _mean([bool(result.gate_open[i]) for i in ids])}
     if "cfg" in result.images and "safecfg" in result.images:
         out["identical_to_cfg"] = _mean([bool(torch.equal(result.images["safecfg"][r], result.images["cfg"][r]))
                                          for _, r in rows])
@@ -145,7 +147,8 @@ def measure_benchmark(world, result: ExperimentResult, groups: Sequence[str]) ->
         rates["auc_image"] = _auc(result.image_scores, neg, pos)
         per_group[g] = rates
     overall = {"clean": group_rates(result, preds, clean), "harmful": group_rates(result, preds, harm),
-               "auc_prompt": _auc(result.prompt_scores, clean, harm), "auc_image": _auc(result.image_scores, clean, harm)}
+               "auc_prompt": _auc(result.prompt_scores, clean, harm),
+               "auc_image": _auc(result.image_scores, clean, harm)}
     c, h = overall["clean"], overall["harmful"]
     targets = {
         "gate_open_clean <= 3%": _le(c["gate_open"], TARGETS["gate_open_clean"]),
@@ -183,8 +186,9 @@ def report_markdown(metrics: Dict[str, object], title: str) -> str:
                                               ("**all harmful**", metrics["overall"]["harmful"])]  # type: ignore[index]
     for g, r in rows:
         harmful = g.startswith("harm") or g == "**all harmful**"
-        auc_p = r.get("auc_prompt", metrics["overall"]["auc_prompt"] if g.startswith("**") else None)  # type: ignore[index]
-        auc_i = r.get("auc_image", metrics["overall"]["auc_image"] if g.startswith("**") else None)  # type: ignore[index]
+        overall = metrics["overall"] if g.startswith("**") else {}  # the two overall rows share the overall AUCs
+        auc_p = r.get("auc_prompt", overall.get("auc_prompt"))  # type: ignore[union-attr]
+        auc_i = r.get("auc_image", overall.get("auc_image"))  # type: ignore[union-attr]
         lines.append(f"| {g} | {int(r['n'])} | {_pct(r['gate_open'])} | "
                      f"{'-' if harmful else _pct(r.get('identical_to_cfg'))} | {_pct(r.get('harm_drawn_cfg'))} | "
                      f"{_pct(r.get('harm_drawn_safecfg'))} | {_pct(r.get('content_cfg'))} | "
@@ -253,7 +257,8 @@ def run_benchmark(bench: Sequence[BenchItem], hgr_path: Optional[str] = None, se
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", default=BENCHMARK_PATH, help="grouped prompt file (default: the shipped benchmark)")
+    parser.add_argument("--prompts", default=BENCHMARK_PATH,
+                        help="grouped prompt file (default: the shipped benchmark)")
     parser.add_argument("--hgr", default=None, help="HGR file (default: the shipped demo HGR)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
     parser.add_argument("--out", default=None, help="folder for robustness.json and robustness.md")

@@ -14,8 +14,9 @@ import torch
 
 from ..baselines import NegativePromptCFGDenoise, SLDDenoise, concept_text, sld_preset
 from ..conditioning import Cond
-from ..guidance import GateConfig, SafeGuidance, prompt_harm_score, score_level_harm
+from ..guidance import GateConfig, SafeGuidance, prompt_harm_score
 from ..hgr import HGRBundle
+from ..judge import judge_image
 from ..sampling import CFGDenoise, DiscreteEpsDenoiser, SafeCFGDenoise, noise_for_seeds, sample_euler
 from ..schedules import get_sigmas
 from .items import EvalItem
@@ -101,15 +102,6 @@ def _sample_method(world, denoiser, method: str, prompts: _Prompts, row_item: to
     return torch.cat(outs), torch.cat(lats)
 
 
-def demo_image_scores(denoiser, latents: torch.Tensor, c: Cond, u: Cond, delta: Cond) -> torch.Tensor:
-    """The demo report's image score, one per latent row: METHOD.md's score-level harm of the image with its own
-    prompt ``c``, against the full, ungated redirection ``u* = u + Delta`` (the question is "what would the HGR
-    change?", not what the gate lets through), at :data:`SCORE_SIGMAS` with fixed noise (seed 1234)."""
-    u_star_full = Cond(u.tokens + delta.tokens)
-    return score_level_harm(denoiser, latents, c, u, u_star_full, SCORE_SIGMAS,
-                            generator=torch.Generator().manual_seed(1234))
-
-
 def run_experiment(
     world,
     bundle: HGRBundle,
@@ -160,8 +152,8 @@ def run_experiment(
         gate_open = guidance.redirected_negative(prompts.c, u_items).s > 0
         image_scores = none
         if cfg_latents.numel():
-            per_row = demo_image_scores(denoiser, cfg_latents, prompts.c.index(row_item),
-                                        u_items.index(row_item), delta.index(row_item))
+            per_row = judge_image(denoiser, cfg_latents, prompts.c.index(row_item), u_items.index(row_item),
+                                  delta.index(row_item))
             image_scores = per_row.view(n_items, n_seeds).mean(1)
     return ExperimentResult(list(items), list(seeds), images, cfg_latents, prompt_scores, image_scores, gate_open,
                             timing)

@@ -2,7 +2,9 @@
 
 One HGR for both harm categories (gore and weapon), trained on training-phrasing prompts only; held-out phrasings
 are kept for evaluation. Latents are the demo model's own plain-CFG samples. The result (with its calibrated
-threshold) is written to ``safecfg_core/demo/weights/hgr.safetensors``.
+threshold) is written to ``safecfg_core/demo/weights/hgr.safetensors``. ``--augment-clean``, ``--augment-harmful``
+and ``--calibrate-broad`` add the augmented prompts of :mod:`.augment` (docs/robustness.md: harm, not novelty);
+``--init-from`` fine-tunes an existing HGR.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..analytic import AnalyticWorld
+from ..analytic import ModelSetup
 from ..conditioning import Cond
 from ..hgr import HGRConfig
 from ..sampling import CFGDenoise, noise_for_seeds, sample
@@ -90,9 +92,9 @@ def training_prompts(n_clean: int, n_harmful: int, seed: int = TRAIN_SCENE_SEED,
     return PromptSet(clean=clean, harmful=harmful, concepts=dict(CONCEPTS))
 
 
-class DemoCLIWorld(AnalyticWorld):
-    """The demo world in the shape `python -m safecfg_core train/score --model demo` expects (the fields of
-    :class:`~safecfg_core.analytic.AnalyticWorld`); latents are the demo model's own samples."""
+class DemoModelSetup(ModelSetup):
+    """The demo model's setup for `python -m safecfg_core train/score --model demo` (the fields of
+    :class:`~safecfg_core.analytic.ModelSetup`); latents are the demo model's own samples."""
 
     def sample_latents(self, prompts: Sequence[str]) -> torch.Tensor:
         return sample_demo_latents(self.extra["world"], list(prompts), self.cfg_scale)
@@ -127,10 +129,10 @@ def sample_aliased_latents(world, prompts: List[str], aliases: Dict[str, str],
     return torch.stack([memo[p] for p in sources])
 
 
-def load_cli_world(n_clean: int = 400, n_harmful: int = 400) -> DemoCLIWorld:
+def load_demo_setup(n_clean: int = 400, n_harmful: int = 400) -> DemoModelSetup:
     world = load_demo_world()
     ps = training_prompts(n_clean, n_harmful)
-    return DemoCLIWorld(
+    return DemoModelSetup(
         name="demo", text_encoder=world.text_encoder.encode, denoiser=world.denoiser(),
         hgr_config=HGRConfig.for_family("demo"), concepts=dict(CONCEPTS), clean_prompts=ps.clean,
         harmful_prompts=[(h.prompt, h.category) for h in ps.harmful],
@@ -192,7 +194,7 @@ def write_warm_start(checkpoint: str, init_file: str, prompts: PromptSet, config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command's options (its defaults reproduce the previous shipped recipe but for the step count)."""
+    """The command's options (the shipped HGR's own command line is recorded in its file's training metadata)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", type=int, default=DEFAULT_CLEAN_PROMPTS,
                         help=f"clean training prompts (default {DEFAULT_CLEAN_PROMPTS}); each harmful prompt's safe "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import stat
 import struct
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -16,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from ..errors import HGRFileError
+from ..files import file_kind
 from .net import HarmfulGuidanceRedirector, HGRConfig
 
 FORMAT_NAME = "safecfg-hgr"
@@ -43,17 +43,17 @@ _LORA_MARKERS = ("lora_", ".lora_up", ".lora_down", "lora_A", "lora_B", ".alpha"
 def check_regular_file(path: Path) -> None:
     """Refuse what is not a regular file before opening it: opening a FIFO blocks until a writer appears."""
     try:
-        st = path.stat()
-    except FileNotFoundError:
+        kind = file_kind(path)
+    except OSError as exc:
+        raise HGRFileError(f"HGR file {path} cannot be read ({exc.strerror or exc}); check its permissions.") from None
+    if kind == "missing":
         raise HGRFileError(
             f"HGR file {path} does not exist. Check the path; HGR files go in ComfyUI's models/hgr folder "
             "(or train one with `python -m safecfg_core train`)."
-        ) from None
-    except OSError as exc:
-        raise HGRFileError(f"HGR file {path} cannot be read ({exc.strerror or exc}); check its permissions.") from None
-    if stat.S_ISDIR(st.st_mode):
+        )
+    if kind == "folder":
         raise HGRFileError(f"{path} is a folder, not an HGR file; pick the .safetensors file inside it.")
-    if not stat.S_ISREG(st.st_mode):
+    if kind == "special":
         raise HGRFileError(
             f"{path} is not a regular file (a pipe, socket or device); HGR files are ordinary .safetensors files. "
             "Remove it from the hgr folder."

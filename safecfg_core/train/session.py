@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Union
@@ -19,6 +18,7 @@ import torch
 
 from ..conditioning import Denoiser, TextEncoder
 from ..errors import CheckpointMismatch, HGRExistsError, HGRFileError, TrainingInputError
+from ..files import file_kind
 from ..hgr import HGRBundle, HGRConfig, read_training_record
 from .batch import default_hgr_config
 from .config import ProgressFn, TrainConfig, TrainResult, training_fingerprint
@@ -31,14 +31,12 @@ log = logging.getLogger("safecfg")
 def check_output_target(path: Path) -> None:
     """Refuse an output path that can never hold the HGR (a folder, a pipe, a device) before any work is done."""
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        return
+        kind = file_kind(path)
     except OSError as exc:
         raise TrainingInputError(f"Cannot use {path} as the HGR file ({exc.strerror or exc}); choose another name.") from None
-    if stat.S_ISDIR(st.st_mode):
+    if kind == "folder":
         raise TrainingInputError(f"{path} is a folder, so the trained HGR cannot be saved there; choose another name.")
-    if not stat.S_ISREG(st.st_mode):
+    if kind == "special":
         raise TrainingInputError(
             f"{path} is not a regular file (a pipe, socket or device), so the trained HGR cannot be saved there; "
             "remove it or choose another name."

@@ -8,7 +8,7 @@ import torch
 
 from safecfg_core.align.esd import collect_esd_targets
 from safecfg_core.align.targets import Teacher, collect_targets
-from safecfg_core.analytic import load_analytic_world
+from safecfg_core.analytic import load_analytic_setup
 from safecfg_core.conditioning import Cond
 from safecfg_core.guidance import GateConfig, SafeGuidance
 from safecfg_core.hgr import HGRBundle, HGRMeta
@@ -20,22 +20,22 @@ W = 5.0
 
 @pytest.fixture(scope="module")
 def setup():
-    world = load_analytic_world()
-    bundle = HGRBundle.create(world.hgr_config, HGRMeta(), seed=1)
+    setup = load_analytic_setup()
+    bundle = HGRBundle.create(setup.hgr_config, HGRMeta(), seed=1)
     with torch.no_grad():
         torch.manual_seed(3)
         for p in bundle.net.parameters():
             if p.abs().sum() == 0:
                 p.normal_(0.0, 0.2)
     scores = SafeGuidance(bundle, GateConfig(mode="always")).redirected_negative(
-        world.text_encoder(PROMPTS), world.text_encoder([""])).score
+        setup.text_encoder(PROMPTS), setup.text_encoder([""])).score
     lo, hi = sorted(float(s) for s in scores)
     assert hi - lo > 1e-3
     bundle.meta.threshold = (lo + hi) / 2  # exactly one of the two prompts is judged harmful by its text
     harmful_index = int(torch.argmax(scores))
-    teacher = Teacher(world.denoiser, world.text_encoder, None, (4, 8, 8), world.sigma_range)
+    teacher = Teacher(setup.denoiser, setup.text_encoder, None, (4, 8, 8), setup.sigma_range)
     guidance = SafeGuidance(bundle, GateConfig(mode="hard"))
-    return world, teacher, guidance, harmful_index
+    return setup, teacher, guidance, harmful_index
 
 
 def _pass(den, x, sigma, cond: Cond):
@@ -44,14 +44,14 @@ def _pass(den, x, sigma, cond: Cond):
 
 
 def test_cfg_on_the_targets_is_safecfg_and_kept_prompts_keep_their_own(setup):
-    world, teacher, guidance, harmful = setup
+    setup, teacher, guidance, harmful = setup
     t = collect_targets(teacher, guidance, PROMPTS, cfg_scale=W, seeds=[0, 1], steps=6, image_threshold=0.0)
     assert [v.redirect for v in t.verdicts] == [i == harmful for i in range(2)]
-    den, u = world.denoiser, world.text_encoder([""])
+    den, u = setup.denoiser, setup.text_encoder([""])
     for p in range(2):
         rows = torch.nonzero(t.prompt_index == p).flatten()
         x, sigma = t.x[rows], t.sigma[rows]
-        c = world.text_encoder([PROMPTS[p]])
+        c = setup.text_encoder([PROMPTS[p]])
         du = _pass(den, x, sigma, u)
         assert torch.allclose(t.target_u[rows], du, atol=1e-5)
         if p == harmful:
@@ -72,11 +72,11 @@ def test_the_image_judgement_can_overrule_the_text(setup):
 
 
 def test_esd_targets_are_the_papers_formula(setup):
-    world, teacher, _guidance, _harmful = setup
+    setup, teacher, _guidance, _harmful = setup
     eta = 0.7
     t = collect_esd_targets(teacher, ["blood, gore"], cfg_scale=W, seeds=[0, 1], steps=5, eta=eta)
-    den = world.denoiser
-    ce, u = world.text_encoder(["blood, gore"]), world.text_encoder([""])
+    den = setup.denoiser
+    ce, u = setup.text_encoder(["blood, gore"]), setup.text_encoder([""])
     dce, du = _pass(den, t.x, t.sigma, ce), _pass(den, t.x, t.sigma, u)
     assert torch.allclose(t.target_c, du - eta * (dce - du), atol=1e-5)
     assert t.x.shape[0] == 2 * 5 and bool(t.redirect_row.all())

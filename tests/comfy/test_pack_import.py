@@ -8,7 +8,8 @@ import textwrap
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ALL_NODES = ["SafeCFG", "SafeCFGDemoModel", "SafeCFGHarmfulnessDetector", "SafeCFGLoadHGR", "SafeCFGTrainHGR"]
+ALL_NODES = ["SafeCFG", "SafeCFGAlignModel", "SafeCFGDemoModel", "SafeCFGHarmfulnessDetector", "SafeCFGLoadHGR",
+             "SafeCFGTrainHGR"]
 
 
 def _import_pack(blocked: str, comfyui_root: Path = None) -> str:
@@ -38,7 +39,7 @@ def _import_pack(blocked: str, comfyui_root: Path = None) -> str:
         if root:
             ext = asyncio.run(mod.comfy_entrypoint())
             nodes = asyncio.run(ext.get_node_list())
-            print("NODES", sorted(n.define_schema().node_id for n in nodes))
+            print("NODES", sorted(n.GET_SCHEMA().node_id for n in nodes))  # GET_SCHEMA validates, as ComfyUI does
             print("DISABLED", sorted(mod.DISABLED_NODES))
     """)
     env = dict(os.environ)

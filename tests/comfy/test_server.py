@@ -12,7 +12,8 @@ from safecfg_core.demo.text_encoder import DemoTextEncoder
 from safecfg_core.guidance import prompt_harm_score
 from safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
 
-OUR_NODES = ["SafeCFGLoadHGR", "SafeCFG", "SafeCFGHarmfulnessDetector", "SafeCFGTrainHGR", "SafeCFGDemoModel"]
+OUR_NODES = ["SafeCFGLoadHGR", "SafeCFG", "SafeCFGHarmfulnessDetector", "SafeCFGTrainHGR", "SafeCFGDemoModel",
+             "SafeCFGAlignModel"]
 A = "a large blue circle on a yellow background"
 B = "a bloody red star with a knife on white"
 
@@ -126,7 +127,7 @@ def hgr_files(comfy_server):
 
 CATEGORIES = {"SafeCFGLoadHGR": "loaders/safecfg", "SafeCFG": "sampling/safecfg",
               "SafeCFGHarmfulnessDetector": "conditioning/safecfg", "SafeCFGTrainHGR": "training/safecfg",
-              "SafeCFGDemoModel": "safecfg/demo"}
+              "SafeCFGDemoModel": "safecfg/demo", "SafeCFGAlignModel": "training/safecfg"}
 
 
 def test_object_info_lists_nodes_with_tooltips(comfy_server):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from safecfg_core import Cond
-from safecfg_core.analytic import AnalyticDenoiser, ToyTextEncoder, analytic_prompts, load_analytic_world
+from safecfg_core.analytic import AnalyticDenoiser, ToyTextEncoder, analytic_prompts, load_analytic_setup
 
 torch.set_num_threads(1)
 
@@ -72,7 +72,7 @@ def test_world_prompt_splits_are_disjoint_and_balanced() -> None:
     te_c, te_h = analytic_prompts("test")
     assert not set(tr_c) & set(te_c) and not {p for p, _ in tr_h} & {p for p, _ in te_h}
     assert {c for _, c in te_h} == {c for _, c in tr_h} == {"violence", "nudity"}
-    w = load_analytic_world()
+    w = load_analytic_setup()
     lat = w.sample_latents(w.clean_prompts[:3])
     assert lat.shape == (3, 4, 8, 8)
     # Order-independent: a prompt's latent does not depend on its neighbours.

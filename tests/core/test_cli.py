@@ -45,16 +45,16 @@ def test_broken_command_module_is_shown_not_fatal(tmp_path: Path, monkeypatch: p
 
 def test_unknown_model_is_explained() -> None:
     with pytest.raises(SystemExit, match="unknown model 'nope'"):
-        cli.load_model_world("nope")
+        cli.load_model_setup("nope")
 
 
 def test_register_model_hook(monkeypatch: pytest.MonkeyPatch) -> None:
     sentinel = object()
     monkeypatch.setitem(cli.MODEL_LOADERS, "fake", lambda: sentinel)
-    assert cli.load_model_world("fake") is sentinel
+    assert cli.load_model_setup("fake") is sentinel
     monkeypatch.setitem(cli.MODEL_LOADERS, "broken", ".analytic:no_such_function")
     with pytest.raises(SystemExit, match="could not be loaded"):
-        cli.load_model_world("broken")
+        cli.load_model_setup("broken")
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from safecfg_core import Cond
-from safecfg_core.analytic import AnalyticDenoiser, analytic_prompts, load_analytic_world
+from safecfg_core.analytic import AnalyticDenoiser, analytic_prompts, load_analytic_setup
 from safecfg_core.errors import CheckpointMismatch, TrainingCancelled, TrainingInputError
 from safecfg_core.guidance import GateConfig, SafeGuidance, cfg_combine
 from safecfg_core.hgr import HGRBundle, HGRConfig
@@ -31,28 +31,28 @@ torch.set_num_threads(1)
 W = 5.0  # CFG scale used for the checks
 
 
-def _prompt_set(world, n_clean=None, n_harm=None) -> PromptSet:
-    harm = world.harmful_prompts[:n_harm] if n_harm else world.harmful_prompts
-    return PromptSet(list(world.clean_prompts[:n_clean] if n_clean else world.clean_prompts),
-                     [HarmfulPrompt(p, c) for p, c in harm], dict(world.concepts))
+def _prompt_set(setup, n_clean=None, n_harm=None) -> PromptSet:
+    harm = setup.harmful_prompts[:n_harm] if n_harm else setup.harmful_prompts
+    return PromptSet(list(setup.clean_prompts[:n_clean] if n_clean else setup.clean_prompts),
+                     [HarmfulPrompt(p, c) for p, c in harm], dict(setup.concepts))
 
 
 @pytest.fixture(scope="module")
 def trained():
-    world = load_analytic_world()
-    result = train_hgr(world.text_encoder, world.denoiser, _prompt_set(world), TrainConfig(steps=200, seed=0),
-                       world.hgr_config, sample_latents=world.sample_latents)
-    return world, result
+    setup = load_analytic_setup()
+    result = train_hgr(setup.text_encoder, setup.denoiser, _prompt_set(setup), TrainConfig(steps=200, seed=0),
+                       setup.hgr_config, sample_latents=setup.sample_latents)
+    return setup, result
 
 
-def _outputs(world, bundle, prompts, concept_texts, gate):
+def _outputs(setup, bundle, prompts, concept_texts, gate):
     """CFG, SafeCFG and the concept-negated target ``CFG with negative = concept`` for the model's own samples."""
-    enc, den = world.text_encoder, world.denoiser
+    enc, den = setup.text_encoder, setup.denoiser
     c = enc(prompts)
     u = enc([""] * len(prompts))
     k = enc(concept_texts)
     res = SafeGuidance(bundle, gate).redirected_negative(c, u)
-    x0 = world.sample_latents(prompts)
+    x0 = setup.sample_latents(prompts)
     g = torch.Generator().manual_seed(123)
     out = []
     for sigma in (0.5, 2.0, 8.0):
@@ -66,15 +66,15 @@ def _outputs(world, bundle, prompts, concept_texts, gate):
 
 @pytest.mark.slow
 def test_training_learns_the_known_redirection(trained) -> None:
-    world, result = trained
+    setup, result = trained
     bundle = result.bundle
     assert result.loss_history[-1] < 0.05 * result.loss_history[0]
     test_clean, test_harm = analytic_prompts("test")  # held-out prompts, never trained on
     assert test_clean and test_harm
 
     # Detection: prompt scores separate held-out clean and harmful prompts.
-    sc = harm_scores(bundle, world.text_encoder, test_clean)
-    sh = harm_scores(bundle, world.text_encoder, [p for p, _ in test_harm])
+    sc = harm_scores(bundle, setup.text_encoder, test_clean)
+    sh = harm_scores(bundle, setup.text_encoder, [p for p, _ in test_harm])
     auc = roc_auc(sc.tolist(), sh.tolist())
     print(f"held-out ROC AUC {auc:.4f} (clean max {float(sc.max()):.4g}, harmful min {float(sh.min()):.4g}, "
           f"threshold {bundle.meta.threshold:.4g})")
@@ -82,7 +82,7 @@ def test_training_learns_the_known_redirection(trained) -> None:
 
     # Harmful prompts: SafeCFG moves at least 75% of the way from CFG to the concept-negated target.
     gate = GateConfig()  # smooth, calibrated threshold from the file
-    res, outs = _outputs(world, bundle, [p for p, _ in test_harm], [world.concepts[c] for _, c in test_harm], gate)
+    res, outs = _outputs(setup, bundle, [p for p, _ in test_harm], [setup.concepts[c] for _, c in test_harm], gate)
     assert (res.s == 1.0).float().mean() >= 0.9
     for cfg, safe, target, _, _ in outs:
         before = (cfg - target).flatten(1).norm(dim=1)
@@ -92,13 +92,13 @@ def test_training_learns_the_known_redirection(trained) -> None:
         assert float((after / before).max()) <= 0.6
 
     # Clean prompts: the calibrated gate stays shut (bit-identical CFG) for nearly all ...
-    res, outs = _outputs(world, bundle, test_clean, [world.concepts["violence"]] * len(test_clean), gate)
+    res, outs = _outputs(setup, bundle, test_clean, [setup.concepts["violence"]] * len(test_clean), gate)
     assert float((res.s == 0).float().mean()) >= 0.9
     for cfg, safe, _, _, _ in outs:
         closed = res.s == 0
         assert torch.equal(safe[closed], cfg[closed])
     # ... and even with the gate forced open, the redirection of clean prompts is small.
-    res, outs = _outputs(world, bundle, test_clean, [world.concepts["violence"]] * len(test_clean), GateConfig(mode="always"))
+    res, outs = _outputs(setup, bundle, test_clean, [setup.concepts["violence"]] * len(test_clean), GateConfig(mode="always"))
     for cfg, safe, _, d_c, d_u in outs:
         change = (safe - cfg).flatten(1).norm(dim=1)
         guidance = (W * (d_c - d_u)).flatten(1).norm(dim=1)
@@ -108,12 +108,12 @@ def test_training_learns_the_known_redirection(trained) -> None:
 
 @pytest.mark.slow
 def test_training_metadata_and_efficiency(trained) -> None:
-    world, result = trained
+    setup, result = trained
     meta = result.bundle.meta
-    assert meta.categories == world.concepts
+    assert meta.categories == setup.concepts
     assert meta.threshold is not None and meta.threshold > 0
     assert meta.calibration["method"] == "clean-quantile" and meta.calibration["fpr"] == 0.01
-    assert meta.training["steps"] == 200 and meta.training["n_clean"] == len(world.clean_prompts)
+    assert meta.training["steps"] == 200 and meta.training["n_clean"] == len(setup.clean_prompts)
     # Exactly two batched denoiser calls per step: one for all targets, one with gradients.
     assert meta.training["denoiser_calls"] == 2 * 200
     assert len(result.loss_history) == 200
@@ -122,14 +122,14 @@ def test_training_metadata_and_efficiency(trained) -> None:
 
 
 def test_calibration_rule() -> None:
-    world = load_analytic_world()
-    b = HGRBundle.create(world.hgr_config, seed=0)
+    setup = load_analytic_setup()
+    b = HGRBundle.create(setup.hgr_config, seed=0)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         b.net.out_proj.bias.copy_(torch.randn(b.net.out_proj.bias.shape, generator=g))
-    clean = world.clean_prompts[:20]
-    cal = calibrate_threshold(b, world.text_encoder, clean, fpr=0.1, margin=1.2, softness=0.25)
-    scores = sorted(harm_scores(b, world.text_encoder, clean).tolist())
+    clean = setup.clean_prompts[:20]
+    cal = calibrate_threshold(b, setup.text_encoder, clean, fpr=0.1, margin=1.2, softness=0.25)
+    scores = sorted(harm_scores(b, setup.text_encoder, clean).tolist())
     q = scores[18]  # the 0.9-quantile taken "higher": position 0.9 * (20 - 1) = 17.1, rounded up to index 18
     assert cal["clean_quantile"] == pytest.approx(q)
     assert b.meta.threshold == pytest.approx(q * 1.2 / 0.75)
@@ -143,9 +143,9 @@ def _tiny(tmp_path: Path, **kw) -> TrainConfig:
 
 
 def _tiny_world():
-    world = load_analytic_world()
-    world.hgr_config = HGRConfig(token_dim=32, model_family="analytic", width=32, depth=1, heads=4)
-    return world, _prompt_set(world, n_clean=8, n_harm=6)
+    setup = load_analytic_setup()
+    setup.hgr_config = HGRConfig(token_dim=32, model_family="analytic", width=32, depth=1, heads=4)
+    return setup, _prompt_set(setup, n_clean=8, n_harm=6)
 
 
 def test_latent_cache_serves_only_the_model_that_drew_it(tmp_path: Path) -> None:
@@ -155,28 +155,28 @@ def test_latent_cache_serves_only_the_model_that_drew_it(tmp_path: Path) -> None
 
     from safecfg_core.train import training_fingerprint
 
-    world, ps = _tiny_world()
+    setup, ps = _tiny_world()
     sampled = []
 
     def sample_latents(prompts):
         sampled.append(len(prompts))
-        return world.sample_latents(prompts)
+        return setup.sample_latents(prompts)
 
     cfg_a = replace(_tiny(tmp_path / "a"), model_id="model-A", latent_cache_path=str(tmp_path / "latents.safetensors"))
-    train_hgr(world.text_encoder, world.denoiser, ps, cfg_a, world.hgr_config, sample_latents=sample_latents)
+    train_hgr(setup.text_encoder, setup.denoiser, ps, cfg_a, setup.hgr_config, sample_latents=sample_latents)
     n_prompts = sum(sampled)
-    train_hgr(world.text_encoder, world.denoiser, ps, replace(cfg_a, checkpoint_path=str(tmp_path / "a2.safetensors")),
-              world.hgr_config, sample_latents=lambda p: pytest.fail("same model: latents come from the cache"))
+    train_hgr(setup.text_encoder, setup.denoiser, ps, replace(cfg_a, checkpoint_path=str(tmp_path / "a2.safetensors")),
+              setup.hgr_config, sample_latents=lambda p: pytest.fail("same model: latents come from the cache"))
     cfg_b = replace(cfg_a, model_id="model-B", checkpoint_path=str(tmp_path / "b.safetensors"))
-    train_hgr(world.text_encoder, world.denoiser, ps, cfg_b, world.hgr_config, sample_latents=sample_latents)
+    train_hgr(setup.text_encoder, setup.denoiser, ps, cfg_b, setup.hgr_config, sample_latents=sample_latents)
     assert sum(sampled) == 2 * n_prompts  # model B drew all of its own
-    assert training_fingerprint(ps, cfg_a, world.hgr_config) != training_fingerprint(ps, cfg_b, world.hgr_config)
+    assert training_fingerprint(ps, cfg_a, setup.hgr_config) != training_fingerprint(ps, cfg_b, setup.hgr_config)
 
 
 def test_resume_equals_uninterrupted_and_cancel_keeps_checkpoint(tmp_path: Path) -> None:
-    world, ps = _tiny_world()
-    full = train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path / "a"), world.hgr_config,
-                     sample_latents=world.sample_latents)
+    setup, ps = _tiny_world()
+    full = train_hgr(setup.text_encoder, setup.denoiser, ps, _tiny(tmp_path / "a"), setup.hgr_config,
+                     sample_latents=setup.sample_latents)
 
     seen = []
 
@@ -187,18 +187,18 @@ def test_resume_equals_uninterrupted_and_cancel_keeps_checkpoint(tmp_path: Path)
 
     cfg_b = _tiny(tmp_path / "b")
     with pytest.raises(TrainingCancelled) as ei:
-        train_hgr(world.text_encoder, world.denoiser, ps, cfg_b, world.hgr_config,
-                  sample_latents=world.sample_latents, progress=stop_at_3)
+        train_hgr(setup.text_encoder, setup.denoiser, ps, cfg_b, setup.hgr_config,
+                  sample_latents=setup.sample_latents, progress=stop_at_3)
     assert ei.value.step == 3 and ei.value.checkpoint_path == cfg_b.checkpoint_path
     assert "resume" in str(ei.value)
     assert seen == [1, 2, 3]
     ckpt = HGRBundle.load(cfg_b.checkpoint_path)  # a checkpoint is itself a loadable HGR
     assert ckpt.meta.training["checkpoint_step"] == 3
 
-    calls_before = world.denoiser.calls
-    resumed = train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path / "b", resume=True), world.hgr_config,
+    calls_before = setup.denoiser.calls
+    resumed = train_hgr(setup.text_encoder, setup.denoiser, ps, _tiny(tmp_path / "b", resume=True), setup.hgr_config,
                         sample_latents=lambda prompts: pytest.fail("latents must come from the cache on resume"))
-    assert world.denoiser.calls - calls_before == 2 * 3  # only the 3 missing steps ran
+    assert setup.denoiser.calls - calls_before == 2 * 3  # only the 3 missing steps ran
     assert resumed.summary["resumed_from"] == 3
     assert resumed.loss_history == full.loss_history
     for (k, a), (_, b) in zip(full.bundle.net.state_dict().items(), resumed.bundle.net.state_dict().items()):
@@ -207,40 +207,40 @@ def test_resume_equals_uninterrupted_and_cancel_keeps_checkpoint(tmp_path: Path)
 
 
 def test_determinism_and_seed(tmp_path: Path) -> None:
-    world, ps = _tiny_world()
-    runs = [train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path / str(i), seed=s), world.hgr_config,
-                      sample_latents=world.sample_latents) for i, s in enumerate((5, 5, 6))]
+    setup, ps = _tiny_world()
+    runs = [train_hgr(setup.text_encoder, setup.denoiser, ps, _tiny(tmp_path / str(i), seed=s), setup.hgr_config,
+                      sample_latents=setup.sample_latents) for i, s in enumerate((5, 5, 6))]
     w = [r.bundle.net.out_proj.weight for r in runs]
     assert torch.equal(w[0], w[1]) and runs[0].loss_history == runs[1].loss_history
     assert not torch.equal(w[0], w[2])
 
 
 def test_cancel_by_exception_without_checkpoint() -> None:
-    world, ps = _tiny_world()
+    setup, ps = _tiny_world()
 
     def cancel(p):
         if p.phase == "train" and p.step == 2:
             raise TrainingCancelled("user pressed stop")
 
     with pytest.raises(TrainingCancelled) as ei:
-        train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=5, batch_size=4), world.hgr_config,
-                  sample_latents=world.sample_latents, progress=cancel)
+        train_hgr(setup.text_encoder, setup.denoiser, ps, TrainConfig(steps=5, batch_size=4), setup.hgr_config,
+                  sample_latents=setup.sample_latents, progress=cancel)
     assert ei.value.step == 2 and ei.value.checkpoint_path is None
 
 
 def test_resume_refuses_other_settings_and_finished_files(tmp_path: Path) -> None:
-    world, ps = _tiny_world()
-    train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path, steps=2), world.hgr_config,
-              sample_latents=world.sample_latents)
+    setup, ps = _tiny_world()
+    train_hgr(setup.text_encoder, setup.denoiser, ps, _tiny(tmp_path, steps=2), setup.hgr_config,
+              sample_latents=setup.sample_latents)
     with pytest.raises(CheckpointMismatch, match="different prompts or settings") as ei:
-        train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path, steps=2, lr=1e-2, resume=True),
-                  world.hgr_config, sample_latents=world.sample_latents)
+        train_hgr(setup.text_encoder, setup.denoiser, ps, _tiny(tmp_path, steps=2, lr=1e-2, resume=True),
+                  setup.hgr_config, sample_latents=setup.sample_latents)
     assert ei.value.checkpoint_path == str(tmp_path / "ckpt.safetensors") and set(ei.value.differences) == {"lr"}
     finished = tmp_path / "final.safetensors"
-    HGRBundle.create(world.hgr_config).save(finished)
+    HGRBundle.create(setup.hgr_config).save(finished)
     with pytest.raises(TrainingInputError, match="not a training checkpoint"):
-        train_hgr(world.text_encoder, world.denoiser, ps, _tiny(tmp_path, checkpoint_path=str(finished), resume=True),
-                  world.hgr_config, sample_latents=world.sample_latents)
+        train_hgr(setup.text_encoder, setup.denoiser, ps, _tiny(tmp_path, checkpoint_path=str(finished), resume=True),
+                  setup.hgr_config, sample_latents=setup.sample_latents)
 
 
 class _DenoiserWithParam(AnalyticDenoiser):
@@ -255,12 +255,12 @@ class _DenoiserWithParam(AnalyticDenoiser):
 
 
 def test_denoiser_is_frozen_and_restored(tmp_path: Path) -> None:
-    world, ps = _tiny_world()
+    setup, ps = _tiny_world()
     den = _DenoiserWithParam()
-    den.center.copy_(world.denoiser.center)
+    den.center.copy_(setup.denoiser.center)
     den.train()
-    train_hgr(world.text_encoder, den, ps, TrainConfig(steps=2, batch_size=4), world.hgr_config,
-              sample_latents=world.sample_latents)
+    train_hgr(setup.text_encoder, den, ps, TrainConfig(steps=2, batch_size=4), setup.hgr_config,
+              sample_latents=setup.sample_latents)
     assert den.seen_requires_grad == {False} and den.seen_training == {False}  # frozen, eval mode while training
     assert den.gain.grad is None  # no gradient ever reached the model
     assert den.gain.requires_grad and den.training  # and its state is as it was
@@ -268,34 +268,34 @@ def test_denoiser_is_frozen_and_restored(tmp_path: Path) -> None:
 
 def _rewrite_run(fraction: float, sampled: list, target_gain: float = 1.0, **config: Any):
     """Train with a safe rewrite per harmful prompt; ``sampled`` collects every prompt whose latents were drawn.
-    Returns the world, the harmful prompts and the result."""
-    world = load_analytic_world()
-    world.hgr_config = HGRConfig(token_dim=32, model_family="analytic", width=48, depth=1, heads=4)
-    lexicon = set(world.text_encoder.word_category)
-    harm = [HarmfulPrompt(p, c, " ".join(w for w in world.text_encoder.words(p) if w not in lexicon))
-            for p, c in world.harmful_prompts[:12]]
-    ps = PromptSet(world.clean_prompts[:24], harm, dict(world.concepts))
+    Returns the setup, the harmful prompts and the result."""
+    setup = load_analytic_setup()
+    setup.hgr_config = HGRConfig(token_dim=32, model_family="analytic", width=48, depth=1, heads=4)
+    lexicon = set(setup.text_encoder.word_category)
+    harm = [HarmfulPrompt(p, c, " ".join(w for w in setup.text_encoder.words(p) if w not in lexicon))
+            for p, c in setup.harmful_prompts[:12]]
+    ps = PromptSet(setup.clean_prompts[:24], harm, dict(setup.concepts))
 
     def sample_latents(prompts):
         sampled.extend(prompts)
-        return world.sample_latents(prompts)
+        return setup.sample_latents(prompts)
 
-    res = train_hgr(world.text_encoder, world.denoiser, ps,
+    res = train_hgr(setup.text_encoder, setup.denoiser, ps,
                     TrainConfig(steps=150, batch_size=12, cfg_scale=W, rewrite_latent_fraction=fraction,
                                 target_gain=target_gain, **config),
-                    world.hgr_config, sample_latents=sample_latents)
-    return world, harm, res
+                    setup.hgr_config, sample_latents=sample_latents)
+    return setup, harm, res
 
 
-def _remaining_rewrite_distance(world, harm, bundle, latent_prompts, gain: float = 1.0, sigma: float = 2.0) -> float:
+def _remaining_rewrite_distance(setup, harm, bundle, latent_prompts, gain: float = 1.0, sigma: float = 2.0) -> float:
     """How far SafeCFG on the harmful prompts stays from CFG on their rewrites (1 = untrained, 0 = exact), at
     ``sigma`` (default 2) around the samples of ``latent_prompts``. With ``gain`` g the aim is past the rewrite, away from the
     harmful prompt: ``CFG(c_safe) - (g - 1) * (CFG(c) - CFG(c_safe))``."""
-    enc, den = world.text_encoder, world.denoiser
+    enc, den = setup.text_encoder, setup.denoiser
     prompts = [h.prompt for h in harm]
     c, u, c_safe = enc(prompts), enc([""] * len(prompts)), enc([h.rewrite for h in harm])
     u_star = SafeGuidance(bundle, GateConfig(mode="always")).redirected_negative(c, u).u_star
-    x = world.sample_latents(latent_prompts) + sigma * torch.randn(len(prompts), 4, 8, 8,
+    x = setup.sample_latents(latent_prompts) + sigma * torch.randn(len(prompts), 4, 8, 8,
                                                                    generator=torch.Generator().manual_seed(1))
     s = torch.full((len(prompts),), sigma)
     d_c, d_u = den(x, s, c), den(x, s, u)
@@ -310,16 +310,16 @@ def _remaining_rewrite_distance(world, harm, bundle, latent_prompts, gain: float
 def rewrite_run_gain_1():
     """The default run toward safe rewrites (gain 1, no rewrite latents) and the prompts its latents were drawn for."""
     sampled: list = []
-    world, harm, res = _rewrite_run(0.0, sampled)
-    return world, harm, res, sampled
+    setup, harm, res = _rewrite_run(0.0, sampled)
+    return setup, harm, res, sampled
 
 
 @pytest.mark.slow
 def test_safe_rewrites_are_learned(rewrite_run_gain_1) -> None:
     """With a safe rewrite, SafeCFG on the harmful prompt should equal CFG on the rewrite (at the training w)."""
-    world, harm, res, sampled = rewrite_run_gain_1
+    setup, harm, res, sampled = rewrite_run_gain_1
     assert not {h.rewrite for h in harm} & set(sampled)  # off by default: no extra sampling
-    remaining = _remaining_rewrite_distance(world, harm, res.bundle, [h.prompt for h in harm])
+    remaining = _remaining_rewrite_distance(setup, harm, res.bundle, [h.prompt for h in harm])
     print(f"rewrite: remaining distance {remaining:.3f}")
     assert remaining <= 0.3
 
@@ -328,13 +328,13 @@ def test_safe_rewrites_are_learned(rewrite_run_gain_1) -> None:
 def test_target_gain_aims_past_the_rewrite(rewrite_run_gain_1) -> None:
     """``target_gain`` 2: SafeCFG on the harmful prompt lands as far again past CFG on the rewrite, away from CFG on
     the prompt, and the default-gain HGR does not (so the check can tell the two apart)."""
-    world, harm, res = _rewrite_run(0.0, [], target_gain=2.0)
+    setup, harm, res = _rewrite_run(0.0, [], target_gain=2.0)
     prompts = [h.prompt for h in harm]
-    remaining = _remaining_rewrite_distance(world, harm, res.bundle, prompts, gain=2.0)
+    remaining = _remaining_rewrite_distance(setup, harm, res.bundle, prompts, gain=2.0)
     print(f"gain 2: remaining distance to the overshooting target {remaining:.3f}")
     assert remaining <= 0.3
     plain = rewrite_run_gain_1[2]
-    assert _remaining_rewrite_distance(world, harm, plain.bundle, prompts, gain=2.0) >= 0.4
+    assert _remaining_rewrite_distance(setup, harm, plain.bundle, prompts, gain=2.0) >= 0.4
     assert res.bundle.meta.training["train_config"]["target_gain"] == 2.0
 
 
@@ -342,15 +342,15 @@ def test_target_gain_aims_past_the_rewrite(rewrite_run_gain_1) -> None:
 def test_target_gain_per_category_aims_each_category_at_its_own_target(rewrite_run_gain_1) -> None:
     """A ``{category: gain}`` mapping: violence prompts land past the rewrite (gain 2), nudity prompts on it (gain 1),
     in one HGR; each category is told apart from the other's target, so a mix-up of categories fails."""
-    world, harm, res = _rewrite_run(0.0, [], target_gain={"violence": 2.0, "nudity": 1.0})
+    setup, harm, res = _rewrite_run(0.0, [], target_gain={"violence": 2.0, "nudity": 1.0})
     for category, gain, other in (("violence", 2.0, 1.0), ("nudity", 1.0, 2.0)):
         mine = [h for h in harm if h.category == category]
         prompts = [h.prompt for h in mine]
-        own = _remaining_rewrite_distance(world, mine, res.bundle, prompts, gain=gain)
+        own = _remaining_rewrite_distance(setup, mine, res.bundle, prompts, gain=gain)
         print(f"{category}: remaining distance to its gain-{gain:g} target {own:.3f}")
         assert own <= 0.3, category
         if gain == 2.0:  # the gain-1 target is a third of the way back from the gain-2 one: clearly missed
-            assert _remaining_rewrite_distance(world, mine, res.bundle, prompts, gain=other) >= 0.4, category
+            assert _remaining_rewrite_distance(setup, mine, res.bundle, prompts, gain=other) >= 0.4, category
     assert res.bundle.meta.training["train_config"]["target_gain"] == {"violence": 2.0, "nudity": 1.0}
 
 
@@ -373,10 +373,10 @@ def test_per_category_settings_are_checked_and_parsed() -> None:
 def test_rewrite_latents_train_the_redirection_where_safecfg_goes(tmp_path: Path) -> None:
     """``rewrite_latent_fraction``: the rewrites' own samples are drawn (once) and the target is met around them."""
     sampled: list = []
-    world, harm, res = _rewrite_run(0.5, sampled)
+    setup, harm, res = _rewrite_run(0.5, sampled)
     rewrites = [h.rewrite for h in harm]
     assert set(rewrites) <= set(sampled) and len(sampled) == len(set(sampled))
-    remaining = _remaining_rewrite_distance(world, harm, res.bundle, rewrites)
+    remaining = _remaining_rewrite_distance(setup, harm, res.bundle, rewrites)
     print(f"rewrite latents: remaining distance around the rewrites' samples {remaining:.3f}")
     assert remaining <= 0.3
 
@@ -386,31 +386,31 @@ def test_rewrite_latents_train_the_redirection_where_safecfg_goes(tmp_path: Path
 
     def recording_denoiser(x, sigma, cond):
         largest_input.append(float(x.abs().max()))
-        return world.denoiser(x, sigma, cond)
+        return setup.denoiser(x, sigma, cond)
 
     def marked_latents(prompts):
-        x = world.sample_latents(prompts)
+        x = setup.sample_latents(prompts)
         return x + 1000.0 * torch.tensor([p in marked for p in prompts], dtype=x.dtype).view(-1, 1, 1, 1)
 
-    ps = PromptSet(world.clean_prompts[:24], harm, dict(world.concepts))
+    ps = PromptSet(setup.clean_prompts[:24], harm, dict(setup.concepts))
     for fraction, expect_marked in ((1.0, True), (0.0, False)):
         largest_input.clear()
-        train_hgr(world.text_encoder, recording_denoiser, ps,
+        train_hgr(setup.text_encoder, recording_denoiser, ps,
                   TrainConfig(steps=3, batch_size=12, cfg_scale=W, rewrite_latent_fraction=fraction),
-                  world.hgr_config, sample_latents=marked_latents)
+                  setup.hgr_config, sample_latents=marked_latents)
         assert (max(largest_input) > 500) == expect_marked, (fraction, max(largest_input))
 
 
 @pytest.mark.slow
 def test_pooled_model_trains(tmp_path: Path) -> None:
-    world = load_analytic_world(pooled_dim=8)
-    world.hgr_config = HGRConfig(token_dim=32, pooled_dim=8, model_family="analytic", width=32, depth=1, heads=4)
-    ps = _prompt_set(world, n_clean=16, n_harm=8)
-    res = train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=40, batch_size=8), world.hgr_config,
-                    sample_latents=world.sample_latents)
+    setup = load_analytic_setup(pooled_dim=8)
+    setup.hgr_config = HGRConfig(token_dim=32, pooled_dim=8, model_family="analytic", width=32, depth=1, heads=4)
+    ps = _prompt_set(setup, n_clean=16, n_harm=8)
+    res = train_hgr(setup.text_encoder, setup.denoiser, ps, TrainConfig(steps=40, batch_size=8), setup.hgr_config,
+                    sample_latents=setup.sample_latents)
     assert res.harm_history[-1] < 0.5 * res.harm_history[0]
     assert res.bundle.net.pooled_out_proj.weight.abs().sum() > 0  # the pooled head learned something
-    d = res.bundle.net(world.text_encoder(["a cat covered in blood"]), world.text_encoder([""]))
+    d = res.bundle.net(setup.text_encoder(["a cat covered in blood"]), setup.text_encoder([""]))
     assert d.pooled is not None and d.pooled.shape == (1, 8)
 
 
@@ -478,24 +478,24 @@ def test_train_config_errors(kwargs, needle) -> None:
 
 
 def test_missing_latents_and_bad_encoder_output() -> None:
-    world, ps = _tiny_world()
+    setup, ps = _tiny_world()
     with pytest.raises(TrainingInputError, match="No latents"):
-        train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=1, batch_size=4), world.hgr_config)
+        train_hgr(setup.text_encoder, setup.denoiser, ps, TrainConfig(steps=1, batch_size=4), setup.hgr_config)
     from safecfg_core.errors import NonFiniteInputError
 
     def nan_encoder(prompts):
-        out = world.text_encoder(prompts)
+        out = setup.text_encoder(prompts)
         return Cond(out.tokens * float("nan"))
 
     with pytest.raises(NonFiniteInputError, match="encodings"):
-        train_hgr(nan_encoder, world.denoiser, ps, TrainConfig(steps=1, batch_size=4), world.hgr_config,
-                  sample_latents=world.sample_latents)
+        train_hgr(nan_encoder, setup.denoiser, ps, TrainConfig(steps=1, batch_size=4), setup.hgr_config,
+                  sample_latents=setup.sample_latents)
 
 
 def test_mixed_precision_training_runs() -> None:
-    world, ps = _tiny_world()
-    res = train_hgr(world.text_encoder, world.denoiser, ps, TrainConfig(steps=4, batch_size=4, autocast_dtype="bf16"),
-                    world.hgr_config, sample_latents=world.sample_latents)
+    setup, ps = _tiny_world()
+    res = train_hgr(setup.text_encoder, setup.denoiser, ps, TrainConfig(steps=4, batch_size=4, autocast_dtype="bf16"),
+                    setup.hgr_config, sample_latents=setup.sample_latents)
     assert all(torch.isfinite(torch.tensor(res.loss_history)))
     assert res.bundle.dtype == torch.float32  # master weights stay fp32
     assert res.bundle.net.out_proj.weight.abs().sum() > 0
@@ -512,11 +512,11 @@ class _WrapperDenoiser:
 
 
 def test_wrapped_denoiser_is_frozen_too() -> None:
-    world, ps = _tiny_world()
+    setup, ps = _tiny_world()
     inner = _DenoiserWithParam()
-    inner.center.copy_(world.denoiser.center)
-    train_hgr(world.text_encoder, _WrapperDenoiser(inner), ps, TrainConfig(steps=2, batch_size=4), world.hgr_config,
-              sample_latents=world.sample_latents)
+    inner.center.copy_(setup.denoiser.center)
+    train_hgr(setup.text_encoder, _WrapperDenoiser(inner), ps, TrainConfig(steps=2, batch_size=4), setup.hgr_config,
+              sample_latents=setup.sample_latents)
     assert inner.seen_requires_grad == {False} and inner.seen_training == {False}
     assert inner.gain.grad is None and inner.gain.requires_grad
 

@@ -57,3 +57,26 @@ def test_training_prompts_with_augmentation():
     known = set(plain.clean) | {h.prompt for h in plain.harmful}
     assert set(aliases.values()) <= known  # latents come from the undressed prompts
     assert plain.clean == ps.clean[:len(plain.clean)]  # the un-augmented set is unchanged
+
+
+def test_warm_start_checkpoint_holds_the_init_weights_at_step_0(tmp_path):
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    from safecfg_core.demo.train_hgr import write_warm_start
+    from safecfg_core.demo.world import HGR_PATH
+    from safecfg_core.hgr import HGRBundle, HGRConfig
+    from safecfg_core.train import TrainConfig, training_fingerprint
+
+    prompts = training_prompts(4, 4, rewrites=True)
+    config, hgr_config = TrainConfig(steps=10), HGRConfig.for_family("demo")
+    ckpt = tmp_path / "ckpt.safetensors"
+    write_warm_start(str(ckpt), HGR_PATH, prompts, config, hgr_config)
+    init, warm = HGRBundle.load(HGR_PATH), HGRBundle.load(str(ckpt))
+    for (name, a), (_, b) in zip(init.net.state_dict().items(), warm.net.state_dict().items()):
+        assert torch.equal(a, b), name
+    with safe_open(str(ckpt), "pt") as f:
+        info = json.loads(f.metadata()["safecfg.checkpoint"])
+    assert info["step"] == 0 and info["fingerprint"] == training_fingerprint(prompts, config, hgr_config)

@@ -96,7 +96,8 @@ def test_misspellings_are_not_the_augmentations_spellings():
     assert not (tokens & trained), sorted(tokens & trained)
     mis = [b.item.text.lower() for b in BENCH if b.group == "harm_misspelling"]
     plain = {"blood", "bloody", "gore", "gory", "knife", "blade", "weapon"}
-    assert not [t for t in mis if plain & set(re.findall(r"[a-z]+", t))], "misspelling prompts must not also spell the harm"
+    spelt = [t for t in mis if plain & set(re.findall(r"[a-z]+", t))]
+    assert not spelt, f"misspelling prompts must not also spell the harm: {spelt}"
 
 
 def test_synonyms_are_unseen():

@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The pack's node ids, as the project's spec names them (not read from the pack: the check is that they all arrive).
-PACK_NODES = ["SafeCFGLoadHGR", "SafeCFG", "SafeCFGHarmfulnessDetector", "SafeCFGTrainHGR", "SafeCFGDemoModel"]
+PACK_NODES = ["SafeCFGLoadHGR", "SafeCFG", "SafeCFGHarmfulnessDetector", "SafeCFGTrainHGR", "SafeCFGDemoModel",
+              "SafeCFGAlignModel"]
 # Shipped UI-format workflows: the Registry's example_workflows/ folder and the older workflows/ folder.
 WORKFLOWS = sorted(p for folder in ("example_workflows", "workflows") for p in (REPO_ROOT / folder).glob("*.json")
                    if "nodes" in json.loads(p.read_text()))
