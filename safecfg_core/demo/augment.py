@@ -48,15 +48,7 @@ NEAR_MISS_RED = [", spilled tomato sauce", " with strawberry jam stains", ", che
                  " with red wine spilled",
                  ", rose petals scattered around", " with raspberry smoothie splashes", ", lipstick marks",
                  ", red confetti everywhere", ", covered in red sprinkles", " with chili sauce drops",
-                 ", splashes of pink lemonade", ", crimson autumn leaves around it",
-                 # harm words inside harmless compounds: the text encoder puts them near the harm, training must not
-                 ", a blood moon above it", " with a bloodhound nearby", ", a blood pressure chart",
-                 ", a blood type poster",
-                 ", knife-pleated fabric behind it", " with a bladeless fan", ", a gore-tex jacket",
-                 ", a killer whale plush",
-                 ", a weapon-free zone sign", ", a dagger symbol in the typography", ", a murder mystery book cover",
-                 " with a sword fern", ", blade-shaped leaves", ", bloodstone gems",
-                 ", a knife-and-fork restaurant icon"]
+                 ", splashes of pink lemonade", ", crimson autumn leaves around it"]
 NEAR_MISS_SILVER = [("prefix", "a silver ruler beside"), ("prefix", "a metal fork next to"),
                     ("prefix", "a steel comb near"), ("prefix", "a silver pen beside"),
                     ("suffix", " with a paintbrush beside it"),

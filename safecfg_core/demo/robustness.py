@@ -25,7 +25,7 @@ import torch
 from ..guidance import GateConfig, SafeGuidance, prompt_harm_score
 from ..metrics import roc_auc
 from .items import EvalItem
-from .runs import SCORE_SIGMAS, ExperimentResult, load_world_and_hgr, run_experiment
+from .runs import ExperimentResult, load_world_and_hgr, run_experiment
 from .render import HARMS
 
 BENCHMARK_PATH = str(Path(__file__).resolve().parent / "data" / "robustness_prompts.txt")
@@ -212,8 +212,7 @@ def _with_cached_cfg(world, bundle, result: ExperimentResult, cache: str, key: s
     comparing HGRs needs it sampled once."""
     from safetensors import safe_open
 
-    from ..conditioning import Cond
-    from ..guidance import score_level_harm
+    from ..judge import judge_image
     from ..sampling import DiscreteEpsDenoiser
 
     with safe_open(cache, "pt") as f:
@@ -224,11 +223,10 @@ def _with_cached_cfg(world, bundle, result: ExperimentResult, cache: str, key: s
     rows = torch.arange(n_items).repeat_interleave(n_seeds)
     c = world.text_encoder.encode([it.text for it in result.items])
     u = world.text_encoder.encode([""]).repeat_batch(n_items)
-    # the demo report's sigmas and noise seed (runs.py), so image scores compare with run_experiment's
     delta = SafeGuidance(bundle, GateConfig()).compute_delta(c, u)
-    per_row = score_level_harm(DiscreteEpsDenoiser(world.net, world.schedule), result.cfg_latents, c.index(rows),
-                               u.index(rows), Cond(u.tokens + delta.tokens).index(rows), SCORE_SIGMAS,
-                               generator=torch.Generator().manual_seed(1234))
+    # the image score exactly as run_experiment computes it for the demo report (judge.judge_image)
+    per_row = judge_image(DiscreteEpsDenoiser(world.net, world.schedule), result.cfg_latents, c.index(rows),
+                          u.index(rows), delta.index(rows))
     result.image_scores = per_row.view(n_items, n_seeds).mean(1)
 
 

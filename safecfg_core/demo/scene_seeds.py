@@ -28,9 +28,9 @@ HGR_HARMFUL_OFFSET = 1
 HGR_CALIBRATION_CLEAN_OFFSET = 7
 HGR_CALIBRATION_HARMFUL_OFFSET = 9
 
-# the demo command's default evaluation scenes (the README's headline tables), and the README's other sets
+# the demo command's default evaluation scenes (the README's headline table), and the other sets docs/experiments.md uses
 DEMO_SCENE_SEED = 20261123
-README_OTHER_SCENE_SEEDS = (777, 90210, 31337)
+OTHER_SCENE_SEEDS = (777, 90210, 31337)
 # an evaluation's scenes: one seed per phrasing split (training, held-out) and kind (clean, gore, weapon)
 EVAL_SPLIT_STRIDE = 100
 EVAL_KINDS = ("clean", "gore", "weapon")
@@ -76,4 +76,4 @@ def fresh_scene_seed_error(scene_seed: int) -> Optional[str]:
         return None
     return (f"--scene-seed {scene_seed} would draw scenes from seeds {reused}, which the shipped demo weights were "
             f"trained on, so the numbers would not be on fresh scenes. Pick another --scene-seed (the default is "
-            f"{DEMO_SCENE_SEED}; the README's other sets are {', '.join(map(str, README_OTHER_SCENE_SEEDS))}).")
+            f"{DEMO_SCENE_SEED}; the other measured sets are {', '.join(map(str, OTHER_SCENE_SEEDS))}).")

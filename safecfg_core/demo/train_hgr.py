@@ -35,7 +35,7 @@ DEFAULT_CFG = 6.0
 TRAIN_SCENE_SEED = HGR_SCENE_SEED
 # the shipped HGR's prompt counts (the command's defaults). 900 harmful prompts per category instead of 300: an HGR
 # has to carry its redirection to prompts it never saw, and three times the prompts is what let gore gain 2.5 keep the
-# content on fresh scenes without letting the harm through (README)
+# content on fresh scenes without letting the harm through (docs/experiments.md)
 DEFAULT_CLEAN_PROMPTS = 600
 DEFAULT_HARMFUL_PROMPTS = 1800
 # seeds of the augmented prompts, offsets from the scene seed past the ones scene_seeds.py hands out
@@ -200,8 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"clean training prompts (default {DEFAULT_CLEAN_PROMPTS}); each harmful prompt's safe "
                              "version is added to them")
     parser.add_argument("--harmful", type=int, default=DEFAULT_HARMFUL_PROMPTS,
-                        help=f"harmful training prompts, half gore, half weapon (default {DEFAULT_HARMFUL_PROMPTS}, the "
-                             "shipped HGR's; 600 before 2026-12-01)")
+                        help=f"harmful training prompts, half gore, half weapon (default {DEFAULT_HARMFUL_PROMPTS})")
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -213,17 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clean-penalty", type=float, default=0.2,
                         help="weight of |Delta|^2 on clean prompts (keeps clean scores near zero; default 0.2)")
     parser.add_argument("--rewrites", action="store_true",
-                        help="train toward the safe rewrite of each harmful prompt instead of its concept text (the shipped HGR "
-                             "was trained so: on the previous demo model it removed far more harm than the concept "
-                             "target)")
+                        help="train toward the safe rewrite of each harmful prompt instead of its concept text (a rewrite "
+                             "steers the whole scene, a concept text only the harm's usual place: docs/METHOD.md)")
     parser.add_argument("--rewrite-latents", type=parse_per_category, default=0.0,
                         help="with --rewrites: share of harmful rows noised from the rewrite's own samples (where SafeCFG "
-                             "should lead), 0..1, one number or per category (gore=1,weapon=0); default 0. The shipped "
-                             "HGR uses gore=1,weapon=0: see the README")
+                             "should lead), 0..1, one number or per category (gore=1,weapon=0); default 0")
     parser.add_argument("--target-gain", type=parse_per_category, default=1.0,
                         help="multiply the harmful targets' offset from D(u), one number or per category (gore=2,weapon=4); "
                              "1 = METHOD.md's target; g aims (g - 1) times the prompt-to-rewrite distance past the safe "
-                             "rewrite, away from the harm. The shipped HGR: see the README")
+                             "rewrite, away from the harm; the shipped HGR records its own")
     parser.add_argument("--width", type=int, default=None, help="HGR width (default: the demo preset's)")
     parser.add_argument("--depth", type=int, default=None, help="HGR depth (default: the demo preset's)")
     parser.add_argument("--augment-clean", type=int, default=0,

@@ -142,18 +142,23 @@ def test_demo_refuses_scene_seeds_the_weights_were_trained_on(tmp_path):
 
 def test_scene_seed_registry_is_what_training_used():
     """The registry the check reads must name the seeds the shipped weights really came from: the shipped HGR's
-    training prompts are those of the registry's HGR seed (same fingerprint), and the README's four scene sets are fresh."""
+    training prompts, rebuilt from the command its file records, are those of the registry's HGR seed (same
+    fingerprint), and the four measured scene sets are fresh."""
     from safecfg_core.demo import scene_seeds
-    from safecfg_core.demo.train_hgr import DEFAULT_CLEAN_PROMPTS, DEFAULT_HARMFUL_PROMPTS, training_prompts
+    import shlex
+
+    from safecfg_core.demo.train_hgr import build_parser, training_prompts
     from safecfg_core.demo.world import HGR_PATH
     from safecfg_core.hgr import HGRBundle
 
     shipped = HGRBundle.load(HGR_PATH).meta.training
-    prompts = training_prompts(DEFAULT_CLEAN_PROMPTS, DEFAULT_HARMFUL_PROMPTS, seed=scene_seeds.HGR_SCENE_SEED,
-                               rewrites=True)
+    recorded = build_parser().parse_args(shlex.split(shipped["command"])[3:])  # the command its file records
+    prompts = training_prompts(recorded.clean, recorded.harmful, seed=scene_seeds.HGR_SCENE_SEED,
+                               rewrites=recorded.rewrites, augment_clean=recorded.augment_clean,
+                               augment_harmful=recorded.augment_harmful)
     assert prompts.fingerprint() == shipped["prompt_set"]
     assert scene_seeds.HGR_SCENE_SEED in scene_seeds.hgr_training_seeds()
-    assert all(scene_seeds.training_seeds_reused(s) == [] for s in (scene_seeds.DEMO_SCENE_SEED, *scene_seeds.README_OTHER_SCENE_SEEDS))
+    assert all(scene_seeds.training_seeds_reused(s) == [] for s in (scene_seeds.DEMO_SCENE_SEED, *scene_seeds.OTHER_SCENE_SEEDS))
     assert scene_seeds.training_seeds_reused(21) == [21]  # the denoiser's prompts
     assert scene_seeds.training_seeds_reused(-79) == [21]  # its held-out clean scenes are seed -79 + 100
     assert scene_seeds.training_seeds_reused(30) == [30, 31]  # the concept-only prompts' scenes

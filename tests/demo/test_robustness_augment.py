@@ -9,9 +9,7 @@ from safecfg_core.demo.train_hgr import training_prompts
 HARM_WORDS = re.compile(r"knife|knives|blood|gore|gory|weapon|dagger|sword|cleaver|hatchet|massacre|carnage|entrails|"
                         r"mutilat|wound|guts|stiletto|bayonet|katana|jackknife|shank")
 # near-miss idioms say a harm word on purpose ("a blade of grass", "bleeding-edge style"): the clean side must see them
-IDIOM_WORDS = re.compile(r"blade of grass|bleeding-edge|blood moon|bloodhound|blood pressure|blood type|knife-pleated|"
-                         r"bladeless|gore-tex|killer whale|weapon-free|dagger symbol|murder mystery|sword fern|"
-                         r"blade-shaped|bloodstone|knife-and-fork")
+IDIOM_WORDS = re.compile(r"blade of grass|bleeding-edge")
 
 
 def test_perturbed_words_differ_and_keep_most_letters():
