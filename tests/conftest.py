@@ -110,13 +110,37 @@ def locate_comfyui() -> Tuple[Optional[Path], str]:
 COMFY_TESTS = Path(__file__).resolve().parent / "comfy"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run the tests marked slow (CI and the README's test command do)")
+
+
+def _wants_slow(config: pytest.Config) -> bool:
+    """Slow tests run with ``--slow``, or when a ``-m`` expression names the marker (``-m slow``)."""
+    return bool(config.getoption("--slow")) or "slow" in (config.getoption("markexpr") or "")
+
+
+def pytest_report_header(config: pytest.Config) -> Optional[str]:
+    return None if _wants_slow(config) else "tests marked slow are deselected; add --slow to run them (CI does)"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     """Mark ``comfyui`` every test that needs a real ComfyUI (it uses ``comfyui_root``, directly or through
     ``comfy_server``) and every test of the pack-in-ComfyUI layer (tests/comfy), so that ``-m "not comfyui"``
-    selects the core suite without each file having to say so."""
+    selects the core suite without each file having to say so.
+
+    Tests marked ``slow`` (the demo's full measured set, alignment and training runs: minutes on 2 cores) are
+    deselected unless asked for, so that ``pytest -m "not comfyui"`` is the under-a-minute core suite a developer
+    runs after each change; they are reported as deselected, never as passed, and CI runs them all (``--slow``)."""
     for item in items:
         if "comfyui_root" in getattr(item, "fixturenames", ()) or COMFY_TESTS in Path(item.path).parents:
             item.add_marker(pytest.mark.comfyui)
+    if _wants_slow(config):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
 
 
 @pytest.fixture(scope="session")
