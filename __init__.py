@@ -14,6 +14,9 @@ from typing import Any, Dict, List
 
 log = logging.getLogger("safecfg")
 
+WEB_DIRECTORY = "./web"
+"""Frontend extensions ComfyUI serves with the pack (web/safecfg_detector.js: the detector's verdict on its node)."""
+
 DISABLED_NODES: Dict[str, str] = {}
 """Node module -> why it could not be imported (for diagnostics and tests)."""
 
@@ -22,7 +25,7 @@ _NODES = {
     "load_hgr": [("SafeCFGLoadHGR", "LoadHGR")],
     "safecfg_node": [("SafeCFG", "SafeCFG")],
     "detector": [("SafeCFGHarmfulnessDetector", "HarmfulnessDetector")],
-    "train_node": [("SafeCFGTrainHGR", "TrainHGR")],
+    "train_node": [("SafeCFGTrainHGR", "TrainHGR"), ("SafeCFGTrainHGRPreset", "TrainHGRPreset")],
     "align_node": [("SafeCFGAlignModel", "AlignModel")],
     "demo_model": [("SafeCFGDemoModel", "SafeCFGDemoModel")],
 }
@@ -72,4 +75,4 @@ async def comfy_entrypoint() -> Any:
     return SafeCFGExtension()
 
 
-__all__ = ["DISABLED_NODES", "comfy_entrypoint"]
+__all__ = ["DISABLED_NODES", "WEB_DIRECTORY", "comfy_entrypoint"]

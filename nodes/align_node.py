@@ -7,7 +7,6 @@ completed steps, and queueing the same graph resumes it.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Tuple
@@ -20,7 +19,8 @@ from ..safecfg_core.align.targets import Teacher
 from ..safecfg_core.errors import SafeCFGError, TrainingCancelled
 from ..safecfg_core.guidance import GateConfig, SafeGuidance
 from .comfy_adapters import ComfyDenoiser, ComfyTextEncoder, model_identity
-from .common import CATEGORY_TRAINING, format_exception, log, node_error
+from ..safecfg_core.files import file_kind
+from .common import CATEGORY_TRAINING, format_exception, log, node_error, plain_file_name
 from .io_types import HGR
 from .train_parts import uninference
 
@@ -49,18 +49,11 @@ PRESETS: Dict[str, Preset] = {
     "SD1.5 (512 px)": Preset(512, 7.5, 20, (0,), 500, 4, 1e-4),
     "SDXL (1024 px)": Preset(1024, 7.0, 20, (0,), 500, 2, 1e-4),
 }
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 
 
 def lora_file_name(name: str) -> str:
-    """A file name for the LoRA: no folders or path escapes, ``.safetensors`` suffix."""
-    base = str(name or "").strip().replace("\\", "/").split("/")[-1]
-    if base.lower().endswith(".safetensors"):
-        base = base[: -len(".safetensors")]
-    base = _UNSAFE.sub("_", base).strip(" .")
-    if not base or set(base) <= {"_", "."}:
-        raise node_error(NODE, f"the name {name!r} leaves no usable file name; use letters, digits, '-', '_'.")
-    return base[:120] + ".safetensors"
+    """The LoRA's file name: ``name`` as given (never rewritten, so two names never share a file) + ``.safetensors``."""
+    return plain_file_name(name, NODE)
 
 
 class ComfyTeacher(Teacher):
@@ -152,7 +145,11 @@ class AlignModel(io.ComfyNode):
         out = (folder / lora_file_name(name)).resolve()
         if out.parent != folder.resolve():
             raise node_error(NODE, f"refusing to write outside {folder}.")
-        if out.exists() and not overwrite:
+        kind = file_kind(out)
+        if kind in ("folder", "special"):  # os.replace onto it would fail only after the whole fit
+            what = "a folder" if kind == "folder" else "a pipe, socket or device"
+            raise node_error(NODE, f"{out.name} in {folder} is {what}, not a LoRA file; choose another name.")
+        if kind == "regular" and not overwrite:
             raise node_error(NODE, f"{out.name} already exists in {folder}; choose another name or turn on "
                                    "overwrite.")
         ckpt = Path(folder_paths.get_output_directory()) / "safecfg_align" / (out.stem + ".ckpt.safetensors")

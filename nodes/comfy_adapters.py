@@ -13,31 +13,30 @@ from typing import Any, List, Optional, Sequence, Tuple
 import torch
 
 from ..safecfg_core.conditioning import Cond
+from ..safecfg_core.families import Family, check_served, family_for_class, token_dim_from_unet_config
 
-# Families by ComfyUI's supported-model class name (comfy/supported_models.py); widths come from unet_config.
-_FAMILY_BY_CLASS = {
-    "SD15": "sd1", "SD15_instructpix2pix": "sd1",
-    "SD20": "sd2", "SD21UnclipL": "sd2", "SD21UnclipH": "sd2", "SD_X4Upscaler": "sd2",
-    "SDXL": "sdxl", "SDXL_instructpix2pix": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl", "KOALA_700M": "sdxl",
-    "KOALA_1B": "sdxl", "SDXLRefiner": "sdxl_refiner",
-    "SafeCFGDemoConfig": "demo",
-}
-_POOLED_BY_FAMILY = {"sdxl": 1280, "sdxl_refiner": 1280}
+
+def model_family(model_patcher: Any) -> Optional[Family]:
+    """The served family of a ComfyUI MODEL, by its supported-model config class (``comfy/supported_models.py``);
+    None for a class the table does not know. A refused family (Flux) raises UnsupportedFamilyError saying why."""
+    cfg = getattr(model_patcher.model, "model_config", None)
+    return check_served(family_for_class(type(cfg).__name__)) if cfg is not None else None
 
 
 def model_widths(model_patcher: Any) -> Tuple[Optional[int], int, Optional[str]]:
-    """``(token_dim, pooled_dim, family)`` of a ComfyUI MODEL; token_dim None when the model does not say."""
-    base = model_patcher.model
-    cfg = getattr(base, "model_config", None)
-    unet_config = getattr(cfg, "unet_config", {}) or {}
-    token_dim = unet_config.get("context_dim")
-    if isinstance(token_dim, (list, tuple)):
-        token_dim = token_dim[0] if token_dim else None
-    family = _FAMILY_BY_CLASS.get(type(cfg).__name__) if cfg is not None else None
-    pooled = _POOLED_BY_FAMILY.get(family or "", 0)
-    if family == "sdxl_refiner":
-        family = None  # no HGR preset; widths decide
-    return (int(token_dim) if token_dim else None), pooled, family
+    """``(token_dim, pooled_dim, family)`` of a ComfyUI MODEL; token_dim None when neither the model's config nor
+    its family says. Detection goes by config class (the family's row); for a class the table does not know, or a
+    variant whose detected ``unet_config`` states another text width, the stated width decides and the family is
+    None (the HGR's widths are still checked; no family's preset or name is guessed for it).
+    A refused family raises UnsupportedFamilyError."""
+    fam = model_family(model_patcher)
+    cfg = getattr(model_patcher.model, "model_config", None)
+    stated = token_dim_from_unet_config(getattr(cfg, "unet_config", {}) or {})
+    if fam is None:
+        return stated, 0, None
+    if stated is not None and stated != fam.token_dim:
+        return stated, 0, None
+    return fam.token_dim, fam.pooled_dim, fam.name
 
 
 def model_identity(model_patcher: Any, samples_per_tensor: int = 64) -> str:

@@ -99,63 +99,118 @@ def list_hgr_files() -> List[str]:
     return names
 
 
+def shown(name: object, limit: int = 80) -> str:
+    """``name`` as messages quote it: repr, cut to ``limit`` characters (a 100 kB name must not become the message)."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(name))} characters)"
+
+
+def _kind_in_folders(name: str) -> str:
+    """What ``name`` is in the hgr folders ("special", "folder" or "missing"), read from stat alone (never opened)."""
+    from ..safecfg_core.files import file_kind
+
+    kinds = set()
+    for folder in hgr_folders():
+        try:
+            kinds.add(file_kind(Path(folder) / name))
+        except (OSError, ValueError):  # unreadable, or a name the OS refuses: nothing usable there
+            kinds.add("missing")
+    return next((k for k in ("special", "folder") if k in kinds), "missing")
+
+
 def resolve_hgr_path(name: str) -> Path:
-    """Full path of an HGR file chosen in the Load HGR node; refuses names that leave the hgr folders."""
+    """Full path of an HGR file chosen in the Load HGR node; refuses names that leave the hgr folders.
+
+    ComfyUI does not check a V3 combo's value against its list, so any string (or JSON value) arrives here.
+    """
     import folder_paths  # type: ignore
 
     if name == BUILTIN_DEMO_HGR:
         builtin = builtin_demo_hgr_path()
         if builtin is None:
-            raise node_error("Load HGR", "the pack's demo HGR is not installed (safecfg_core/demo/weights/hgr.safetensors).")
+            raise node_error("Load HGR", "the pack's demo HGR is not installed "
+                                         "(safecfg_core/demo/weights/hgr.safetensors).")
         return builtin
     if not isinstance(name, str) or not name.strip():
         raise node_error("Load HGR", "no HGR file chosen. Put .safetensors HGR files in models/hgr (or train one "
                                      "with the Train HGR node) and pick one.")
-    if os.path.isabs(name) or ".." in Path(name).parts:
-        raise node_error("Load HGR", f"{name!r} is not a file name inside the hgr folders; pick one from the list.")
+    if os.path.isabs(name) or ".." in Path(name).parts or "\x00" in name:
+        raise node_error("Load HGR", f"{shown(name)} is not a file name inside the hgr folders; pick one from the "
+                                     "list.")
     full = folder_paths.get_full_path(HGR_FOLDER, name)
     if full is None:
-        raise node_error("Load HGR", f"HGR file {name!r} was not found in {hgr_folders()}; refresh the node list "
-                                     "or copy the file there.")
+        kind = _kind_in_folders(name)
+        if kind == "special":
+            raise node_error("Load HGR", f"{shown(name)} in the hgr folder is not a regular file (a pipe, socket "
+                                         "or device); HGR files are ordinary .safetensors files. Remove it from the "
+                                         "folder.")
+        if kind == "folder":
+            raise node_error("Load HGR", f"{shown(name)} is a folder, not an HGR file; pick a .safetensors file.")
+        raise node_error("Load HGR", f"HGR file {shown(name)} was not found in {hgr_folders()}; refresh the node "
+                                     "list or copy the file there.")
     real = Path(full).resolve()
     roots = [Path(p).resolve() for p in hgr_folders()]
     if not any(real == r or r in real.parents for r in roots):
-        raise node_error("Load HGR", f"{name!r} resolves outside the hgr folders; pick a file from the list.")
+        raise node_error("Load HGR", f"{shown(name)} resolves outside the hgr folders; pick a file from the list.")
     return real
 
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+MAX_NAME_CHARS = 120
+SUFFIX = ".safetensors"
 
 
-def sanitize_hgr_name(name: str) -> str:
-    """A file name for a new HGR: no folders, no path escapes, ``.safetensors`` suffix.
+def sanitize_hgr_name(name: str, node: str = "Train HGR") -> str:
+    """The nearest usable file name for ``name``: no folders, no path escapes, ``.safetensors`` suffix.
 
-    Raises if nothing usable is left (an empty name or only dots/separators).
+    Only a suggestion: :func:`plain_file_name` refuses names that need it, because different names rewrite to the
+    same file ('a?b' and 'a*b', 'x/h' and 'y/h'). Raises if nothing usable is left (empty, only dots/separators).
     """
     raw = str(name or "").strip()
     base = raw.replace("\\", "/").split("/")[-1]
-    if base.lower().endswith(".safetensors"):
-        base = base[: -len(".safetensors")]
+    if base.lower().endswith(SUFFIX):
+        base = base[: -len(SUFFIX)]
     base = _SAFE_NAME.sub("_", base).strip(" .")
     if not base or set(base) <= {"_", "."}:
-        raise node_error("Train HGR", f"the name {raw!r} leaves no usable file name; use letters, digits, '-', '_'.")
-    if raw.replace("\\", "/") != base and raw.replace("\\", "/") != base + ".safetensors":
-        log.warning("SafeCFG Train HGR: name %r was sanitised to %r (no folders or special characters).", raw, base)
-    return base[:120] + ".safetensors"
+        raise node_error(node, f"the name {shown(raw)} leaves no usable file name; use letters, digits, '-', '_'.")
+    return base[:MAX_NAME_CHARS] + SUFFIX
+
+
+def plain_file_name(name: str, node: str) -> str:
+    """``name`` + ``.safetensors`` when ``name`` is already a plain file name, else a node error that suggests one.
+
+    Rewriting would be silent and lossy: two different names would share one file, and training under one of them
+    would then load or (with retrain) replace the other's HGR. Surrounding spaces and a ``.safetensors`` suffix are
+    the only differences allowed, since they never name another file.
+    """
+    raw = str(name or "").strip()
+    suggestion = sanitize_hgr_name(raw, node)  # raises when nothing usable is left
+    stem = raw[: -len(SUFFIX)] if raw.lower().endswith(SUFFIX) else raw
+    if stem + SUFFIX != suggestion:
+        why = (f"longer than {MAX_NAME_CHARS} characters" if len(stem) > MAX_NAME_CHARS
+               else "not a plain file name (folders, '..' and characters other than letters, digits, ' ', '.', "
+                    "'-', '_' are not allowed, and it may not start or end with '.' or ' ')")
+        hint = shown(suggestion[: -len(SUFFIX)], MAX_NAME_CHARS + 2)
+        raise node_error(node, f"the name {shown(raw)} is {why}. Names are never rewritten, so that two names can "
+                               f"never share one file; use e.g. {hint}.")
+    return suggestion
 
 
 def hgr_save_path(name: str) -> Path:
     """Where Train HGR writes ``name``: the first hgr folder (extra_model_paths.yaml entries come first)."""
-    fname = sanitize_hgr_name(name)
+    fname = plain_file_name(name, "Train HGR")
     folder = Path(hgr_folders()[0])
     folder.mkdir(parents=True, exist_ok=True)
     target = (folder / fname).resolve()
     if target.parent != folder.resolve():
-        raise node_error("Train HGR", f"refusing to write outside {folder}.")
+        raise node_error("Train HGR", f"refusing to write outside {folder}: {fname} is a link that leads out of "
+                                      "it.")
     return target
 
 
 def format_exception(node: str, exc: BaseException) -> SafeCFGNodeError:
     """Wrap a core error into the node's message format, keeping the core's explanation."""
     msg = str(exc) or type(exc).__name__
+    if isinstance(exc, SafeCFGNodeError) and msg.startswith(f"SafeCFG {node}:"):
+        return exc  # raised by a helper inside the node's own try block: already in the format, never twice
     return node_error(node, msg)

@@ -1,6 +1,7 @@
 """Harmfulness Detector: the core's prompt (and image) judgement as a node, with a readable report in the UI."""
 from __future__ import annotations
 
+import math
 from typing import Any, List, Optional
 
 import torch
@@ -8,9 +9,10 @@ from comfy_api.latest import io, ui
 
 from ..safecfg_core.conditioning import Cond
 from ..safecfg_core.errors import SafeCFGError
-from ..safecfg_core.guidance import GateConfig, SafeGuidance, category_attribution, concept_directions
+from ..safecfg_core.guidance import GateConfig, SafeGuidance
 from ..safecfg_core.hgr import HGRBundle
-from ..safecfg_core.judge import IMAGE_SIGMAS, IMAGE_THRESHOLD, PromptVerdict, judge_image, judge_prompt
+from ..safecfg_core.judge import (IMAGE_SIGMAS, IMAGE_THRESHOLD, PromptVerdict, category_scores, judge_image,
+                                  judge_prompt)
 from .comfy_adapters import ComfyDenoiser, ComfyTextEncoder, conditioning_to_conds
 from .common import CATEGORY_CONDITIONING, SafeCFGNodeError, format_exception, log, node_error
 from .io_types import HGR
@@ -22,8 +24,9 @@ def _verdict_word(harmful: bool) -> str:
     return "HARMFUL" if harmful else "clean"
 
 
-def _category_line(hgr: HGRBundle, verdict: PromptVerdict, u: Cond, clip: Any) -> Optional[str]:
+def _category_line(guidance: SafeGuidance, verdict: PromptVerdict, u: Cond, clip: Any) -> Optional[str]:
     """The harm category the redirection points to (needs CLIP to encode the concepts), or None without categories."""
+    hgr = guidance.bundle
     if not hgr.meta.categories:
         return None
     if verdict.score <= 0:
@@ -31,8 +34,7 @@ def _category_line(hgr: HGRBundle, verdict: PromptVerdict, u: Cond, clip: Any) -
     if clip is None:
         return f"categories: {', '.join(sorted(hgr.meta.categories))} (connect CLIP to name the one implicated)"
     enc = ComfyTextEncoder(clip, with_pooled=hgr.config.pooled_dim > 0)
-    dirs = concept_directions(enc, hgr.meta.categories, u.index(slice(0, 1)))
-    att = category_attribution(verdict.result.delta.index(slice(0, 1)), dirs)
+    att = category_scores(guidance, enc, hgr.meta.categories, verdict.result.delta.index(slice(0, 1)), u)
     ranked = sorted(((float(v[0]), k) for k, v in att.items()), reverse=True)
     return (f"category most implicated: {ranked[0][1]} (cosine {ranked[0][0]:.3f}); "
             + ", ".join(f"{k} {v:.3f}" for v, k in ranked))
@@ -121,15 +123,19 @@ class HarmfulnessDetector(io.ComfyNode):
             raise node_error(NODE, "connect the negative conditioning (usually the empty prompt) or a CLIP to "
                                    "encode it.")
         thr = None if threshold is None or threshold < 0 else float(threshold)
+        if not math.isfinite(float(image_threshold)):
+            raise node_error(NODE, f"image_threshold is {image_threshold}; it must be a finite number >= 0 (NaN "
+                                   f"would judge every image clean). Use e.g. the default {IMAGE_THRESHOLD}.")
         try:
             gate = GateConfig(mode="hard" if (thr if thr is not None else hgr.meta.threshold) is not None
                               else "always", threshold=thr)
-            verdict = judge_prompt(SafeGuidance(hgr, gate), conds, u.index(slice(0, 1)))
+            guidance = SafeGuidance(hgr, gate)
+            verdict = judge_prompt(guidance, conds, u.index(slice(0, 1)))
             lines: List[str] = [f"prompt harm score: {verdict.score:.4f}",
                                 "threshold: " + ("not calibrated" if verdict.threshold is None
                                                  else f"{verdict.threshold:.4f}"),
                                 f"prompt judged: {_verdict_word(verdict.harmful)}"]
-            category = _category_line(hgr, verdict, u, clip)
+            category = _category_line(guidance, verdict, u, clip)
             harmful = verdict.harmful
             if category:
                 lines.append(category)

@@ -1,6 +1,8 @@
 """Load HGR: a Harmful Guidance Redirector file from ComfyUI's ``models/hgr`` folder."""
 from __future__ import annotations
 
+from typing import Any
+
 from comfy_api.latest import io
 
 from ..safecfg_core.errors import SafeCFGError
@@ -27,6 +29,16 @@ class LoadHGR(io.ComfyNode):
                                 tooltip="The loaded Harmful Guidance Redirector, for the SafeCFG and Harmfulness "
                                         "Detector nodes.")],
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, hgr_name: str) -> Any:
+        """The file's identity (from stat; never opened), so that a file replaced under the same name (retrained,
+        copied over) is loaded again instead of ComfyUI reusing the HGR it cached for that name."""
+        try:
+            st = resolve_hgr_path(hgr_name).stat()
+        except Exception:  # noqa: BLE001 - execute reports what is wrong; NaN never equals itself, so it runs
+            return float("nan")
+        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
     @classmethod
     def execute(cls, hgr_name: str) -> io.NodeOutput:

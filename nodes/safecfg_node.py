@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from comfy_api.latest import io
 
 from ..safecfg_core.errors import SafeCFGError
+from ..safecfg_core.families import DISTILLED_MESSAGE
 from ..safecfg_core.guidance import GATE_MODES, GateConfig, SafeGuidance, softness_beyond_calibration
 from ..safecfg_core.hgr import HGRBundle
 from ..safecfg_core.judge import PromptVerdict, judge_prompt
@@ -35,7 +36,7 @@ GUARD_KEY = "safecfg_guard"
 CFG1_MESSAGE = (
     "cfg is 1 (or the guider runs no negative pass, e.g. BasicGuider), so CFG ignores the negative prompt: "
     "SafeCFG has nothing to redirect and the image would NOT be made safer. Set cfg above 1 (SafeCFG redirects "
-    "the negative side of the guidance), or set 'at_cfg_1' to 'warn' to sample anyway."
+    "the negative side of the guidance), or set 'at_cfg_1' to 'warn' to sample anyway. " + DISTILLED_MESSAGE
 )
 WIRING_MESSAGE = (
     "the sampler's {which} conditioning is not the one this SafeCFG node returned, so the negative it uses is not "
@@ -100,9 +101,11 @@ def _guidance(model: Any, hgr: Any, strength: float, threshold: float, gate_mode
     """The HGR + gate for this model, after the width and threshold checks (node errors otherwise)."""
     if not isinstance(hgr, HGRBundle):
         raise node_error(NODE, "the hgr input is not an HGR (connect a Load HGR or Train HGR node).")
-    token_dim, pooled_dim, family = model_widths(model)
     thr: Optional[float] = None if threshold is None or threshold < 0 else float(threshold)
     try:
+        # A refused family (Flux) stops here, before any sampling, with why and what would act there; an HGR for
+        # another family or width is refused naming both.
+        token_dim, pooled_dim, family = model_widths(model)
         if token_dim is not None:
             hgr.check_compatible(token_dim, pooled_dim, family)
         gate = GateConfig(strength=float(strength), threshold=thr, mode=gate_mode, softness=float(softness))

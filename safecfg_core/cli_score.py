@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from .cli import load_model_setup
     from .conditioning import Cond
     from .errors import SafeCFGError
-    from .guidance import GateConfig, SafeGuidance, category_attribution, concept_directions
+    from .guidance import GateConfig, SafeGuidance
     from .hgr import HGRBundle
-    from .judge import judge_image, judge_prompt
+    from .judge import category_scores, judge_image, judge_prompt
 
     try:
         prompts = _read_prompts(args)
@@ -79,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
         delta = Cond.cat([v.result.delta for v in verdicts])
         attributions: Dict[str, Any] = {}
         if bundle.meta.categories:
-            directions = concept_directions(setup.text_encoder, bundle.meta.categories, u)
-            attributions = category_attribution(delta, directions)
+            attributions = category_scores(guidance, setup.text_encoder, bundle.meta.categories, delta, u)
         image_scores = None
         if args.image_level:
             image_scores = judge_image(setup.denoiser, setup.sample_latents(prompts), c, u, delta,

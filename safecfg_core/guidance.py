@@ -15,6 +15,7 @@ import torch
 from .conditioning import Cond, Denoiser
 from .errors import NonFiniteInputError
 from .hgr import HGRBundle
+from .hgr.net import rms_score
 from .padding import pad_to_common_length
 
 GATE_MODES = ("smooth", "hard", "always", "off")
@@ -43,19 +44,11 @@ def check_finite(name: str, value: Union[torch.Tensor, Cond, None]) -> None:
 
 
 def prompt_harm_score(delta: Cond) -> torch.Tensor:
-    """Prompt-level harm score per row: RMS of ``Delta`` over all its tokens (and pooled part), in fp32.
-
-    Zero for prompts the HGR leaves alone, large for those it redirects (METHOD.md, "Harmful Euclidean
-    Distance" at the prompt level). Independent of the token length, so 77- and 154-token prompts compare.
-    """
-    t = delta.tokens.float()
-    sq = t.pow(2).flatten(1).sum(1)
-    n = t[0].numel()
-    if delta.pooled is not None:
-        p = delta.pooled.float()
-        sq = sq + p.pow(2).sum(1)
-        n += p.shape[1]
-    return (sq / n).sqrt()
+    """Prompt-level harm score of an HGR without a harm head, per row: RMS of ``Delta`` over all its tokens (and
+    pooled part), in fp32. Zero for prompts the HGR leaves alone, large for those it redirects (METHOD.md, "Harmful
+    Euclidean Distance" at the prompt level). :meth:`HarmfulGuidanceRedirector.prompt_score` is the gate's score
+    for any HGR (the harm head's where there is one)."""
+    return rms_score(delta)
 
 
 @dataclass
@@ -281,13 +274,19 @@ class SafeGuidance:
             self.bundle.check_compatible(u.token_dim, 0 if u.pooled is None else int(u.pooled.shape[-1]))
         with torch.no_grad():
             delta = self.bundle.net(c, u)
-        check_finite("HGR output (Delta)", delta)
+        if not all(bool(torch.isfinite(t).all()) for t in (delta.tokens, delta.pooled) if t is not None):
+            # c and u passed the same check just above, so the HGR itself overflows: not an upstream fp16 model
+            raise NonFiniteInputError(
+                f"HGR output (Delta) contains NaN/inf although its inputs are finite: the HGR's own weights overflow "
+                f"in {self.bundle.dtype} (the file is damaged or its training diverged). Retrain the HGR or use "
+                "another file.")
         return delta
 
     def redirected_negative(self, c: Cond, u: Cond) -> RedirectResult:
         c, u = _match_batches(c, u)
         delta = self.compute_delta(c, u)
-        score = prompt_harm_score(delta)
+        with torch.no_grad():
+            score = self.bundle.net.prompt_score(c, delta)
         s = gate_strength(score, self.gate, self.bundle.meta.threshold)
         u_star = redirect(u, delta, s)
         return RedirectResult(u_star=u_star, delta=delta, score=score, s=s)

@@ -17,13 +17,19 @@ score" mean one thing each.
   middle of the SD-style discrete schedule (sigma 0.03 .. 14.6): noisy enough that the denoiser's prediction
   still depends on the prompt, clean enough that it is about this image's content. A model whose schedule does not
   reach them has them clamped into its own range (``sigma_range``).
+* **Category attribution** (:func:`category_scores`): which of the HGR's harm categories a prompt's redirection
+  points to. Each category's concept words (``"blood, gore"``) go through the same HGR, and the prompt's
+  redirection is compared (cosine of token-averaged shifts) with each category's own redirection **after removing
+  the part all categories share**. The shared part is large (any harm concept moves the negative the same general
+  way), and comparing against raw ``encode(concept) - u`` directions instead let it decide: on the demo's gore
+  prompts that named "weapon" about one time in five (tests/demo/test_category_attribution.py measures both).
 
 Torch only; never imports ComfyUI.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -103,6 +109,35 @@ def judge_image(denoiser: Denoiser, x0: torch.Tensor, c: Cond, u: Cond, delta: C
                             generator=torch.Generator().manual_seed(int(seed)))
 
 
+def category_scores(guidance: SafeGuidance, text_encoder: Callable[[Sequence[str]], Cond],
+                    categories: Mapping[str, str], delta: Cond, negative: Cond) -> Dict[str, torch.Tensor]:
+    """Per harm category, the cosine ``[B]`` between each row of ``delta`` (raw HGR redirections, e.g.
+    ``PromptVerdict.result.delta``) and that category's own redirection, both without the shared part.
+
+    ``categories`` maps a category to its concept words (``HGRBundle.meta.categories``); ``negative`` is the
+    negative the redirections were computed against (its first row is used). The highest cosine names the category
+    most implicated. With a single category there is nothing to contrast, so its raw redirection is used.
+    """
+    names = list(categories)
+    if not names:
+        return {}
+    concepts = text_encoder([categories[n] for n in names])
+    own = guidance.redirected_negative(concepts, negative.index(slice(0, 1)).repeat_batch(len(names))).delta
+    refs = _token_average(own)
+    if len(names) > 1:
+        refs = refs - refs.mean(0, keepdim=True)  # drop what every category's redirection shares
+    rows = _token_average(delta).to(refs.device)
+    return {n: torch.nn.functional.cosine_similarity(rows, refs[i].expand_as(rows), dim=1, eps=1e-12)
+            for i, n in enumerate(names)}
+
+
+def _token_average(cond: Cond) -> torch.Tensor:
+    """``[B, D(+P)]``: the shift averaged over tokens (the HGR may move other token positions than the concept's
+    words sit at, and prompts differ in length), with the pooled shift appended where there is one."""
+    avg = cond.tokens.float().mean(1)
+    return avg if cond.pooled is None else torch.cat([avg, cond.pooled.float().to(avg.device)], 1)
+
+
 def _rows(cond: Cond, b: int, name: str) -> Cond:
     if cond.batch_size == b:
         return cond
@@ -112,5 +147,5 @@ def _rows(cond: Cond, b: int, name: str) -> Cond:
                      "latent or a single row for all.")
 
 
-__all__ = ["IMAGE_NOISE_SEED", "IMAGE_SIGMAS", "IMAGE_THRESHOLD", "PromptVerdict", "image_sigmas", "judge_image",
-           "judge_prompt"]
+__all__ = ["IMAGE_NOISE_SEED", "IMAGE_SIGMAS", "IMAGE_THRESHOLD", "PromptVerdict", "category_scores", "image_sigmas",
+           "judge_image", "judge_prompt"]

@@ -26,10 +26,18 @@ Models (``--models``):
   ComfyUI). Conditionings are random tensors of the family's shapes (the text encoder is not part of sampling time);
   SDXL's ADM vector ``y`` is the pooled vector followed by zeros for the size embeddings.
 
-``--quick`` is for CI: a tiny demo-architecture network, 3 steps, 2 repetitions, 2 training steps.
+* ``sd3``, ``qwen_image``, ``wan21``, ``chroma``, ``lumina2``: what ComfyUI builds for a checkpoint of the family
+  (SD3.5 Large, Qwen-Image, Wan 2.1 14B t2v, Chroma, Lumina Image 2.0): the released checkpoint's key shapes through
+  ComfyUI's own model detection, random init (bf16 by default on CUDA), run through ``BaseModel.apply_model`` with
+  ComfyUI's ``model_sampling`` as the schedule, at the family's usual size (``bench/comfy_dit.py``).
 
-Modules: ``cli`` (options, main loop), ``models`` (the demo model), ``comfy_unet`` (SD1.5/SDXL from ComfyUI),
-``time_sampling`` and ``time_training`` (what is timed), ``measure`` (memory, quantiles), ``report`` (the table).
+``--quick`` is for CI: a tiny demo-architecture network (and, for the ComfyUI models, tiny configs of the same
+classes at 8x8 latents), 3 steps, 2 repetitions, 2 training steps. After training, the report projects the wall
+time of each training preset (``safecfg_core.train.presets``) from the measured CFG step and training row.
+
+Modules: ``cli`` (options, main loop), ``models`` (the demo model), ``comfy_unet`` (SD1.5/SDXL from ComfyUI, and the
+one ComfyUI import), ``comfy_dit`` (the DiT families), ``time_sampling`` and ``time_training`` (what is timed),
+``measure`` (memory, quantiles), ``projection`` (preset wall times), ``report`` (the table).
 """
 from __future__ import annotations
 

@@ -13,25 +13,29 @@ import torch
 
 from .measure import count_parameters
 from .models import BenchModel, build_demo
+from .projection import project_presets
 from .report import format_report
 from .time_sampling import METHODS, bench_sampling
 from .time_training import bench_training
 
 COMMAND = "bench"
 HELP = "time CFG, SafeCFG, negative-prompt CFG and SLD sampling, and HGR training"
-MODELS = ("demo", "sd15", "sdxl")
-TRAIN_BATCH = {"demo": 16, "sd15": 8, "sdxl": 4}
+DIT_MODELS = ("sd3", "qwen_image", "wan21", "chroma", "lumina2")  # comfy_dit.DIT_FAMILIES (imported lazily)
+MODELS = ("demo", "sd15", "sdxl") + DIT_MODELS
+TRAIN_BATCH = {"demo": 16, "sd15": 8, "sdxl": 4, "sd3": 2, "qwen_image": 2, "wan21": 2, "chroma": 2, "lumina2": 2}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` command's options (the command registry in ``safecfg_core.cli`` calls this)."""
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (CI smoke run)")
     parser.add_argument("--models", default=None,
-                        help="comma list of demo, sd15, sdxl (default: sd15,sdxl on CUDA, demo on CPU)")
+                        help=f"comma list of {', '.join(MODELS)} (default: sd15,sdxl on CUDA, demo on CPU)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--dtype", default=None, choices=["fp16", "bf16", "fp32"],
-                        help="weights of the sd15/sdxl UNets (default fp16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--comfyui", default=None, help="ComfyUI checkout for the sd15/sdxl UNets ($COMFYUI_PATH)")
+                        help="weights of ComfyUI's models (default on CUDA fp16, bf16 for the DiT families; fp32 on "
+                             "CPU)")
+    parser.add_argument("--comfyui", default=None,
+                        help="ComfyUI checkout for every model but demo ($COMFYUI_PATH)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 20; 3 with --quick)")
     parser.add_argument("--reps", type=int, default=None, help="interleaved repetitions (default 7; 2 with --quick)")
     parser.add_argument("--cfg", type=float, default=7.0, help="CFG scale (default 7)")
@@ -77,10 +81,16 @@ def _environment(device: torch.device) -> Dict[str, Any]:
 def _build(name: str, args: argparse.Namespace, device: torch.device) -> BenchModel:
     if name == "demo":
         return build_demo(device, bool(args.quick))
-    from .comfy_unet import build_comfy_family  # imports ComfyUI: only when its models are asked for
-
-    dtype_name = args.dtype or ("fp16" if device.type == "cuda" else "fp32")
+    # comfy_unet / comfy_dit import ComfyUI: only when its models are asked for
+    cuda_default = "bf16" if name in DIT_MODELS else "fp16"  # Qwen-Image, Chroma, Lumina 2 run in bf16, not fp16
+    dtype_name = args.dtype or (cuda_default if device.type == "cuda" else "fp32")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    if name in DIT_MODELS:
+        from .comfy_dit import build_comfy_dit
+
+        return build_comfy_dit(name, device, dtype, args.comfyui, bool(args.quick))
+    from .comfy_unet import build_comfy_family
+
     return build_comfy_family(name, device, dtype, args.comfyui, bool(args.quick))
 
 
@@ -111,6 +121,7 @@ def _bench_model(name: str, args: argparse.Namespace, device: torch.device, meth
     train_steps = args.train_steps if args.train_steps is not None else (2 if args.quick else 10)
     if train_steps > 0:
         mres["training"] = _training(bm, name, args, train_steps)
+        mres["preset_projection"] = project_presets(mres)
     return mres
 
 

@@ -1,8 +1,9 @@
-"""ComfyUI's own SD1.5 and SDXL UNets for the benchmark (``--models sd15,sdxl``).
+"""ComfyUI's own SD1.5 and SDXL UNets for the benchmark (``--models sd15,sdxl``), and its ComfyUI import.
 
-This is the only place in ``safecfg_core`` that touches ComfyUI: only when these models are asked for, only for the
-UNet class, and only from a checkout the user names (``--comfyui PATH`` or ``$COMFYUI_PATH``). The weights are
-random (a standard fan-in initialisation): sampling time depends on the architecture, not on what it learned.
+This is the only place in ``safecfg_core`` that imports ComfyUI (``comfy_dit`` asks :func:`comfy_module`): only
+when ComfyUI's models are asked for, and only from a checkout the user names (``--comfyui PATH`` or
+``$COMFYUI_PATH``). The weights are random (a standard fan-in initialisation): sampling time depends on the
+architecture, not on what it learned.
 """
 from __future__ import annotations
 
@@ -38,13 +39,13 @@ FAMILY_SHAPES = {  # family: (unet config, latent H=W at the native resolution, 
 }
 
 
-def import_comfy_unet(comfyui: Optional[str], device: torch.device) -> Tuple[Any, Any, str]:
-    """ComfyUI's UNetModel and ops, imported from the ComfyUI checkout at ``comfyui`` (or $COMFYUI_PATH)."""
+def import_comfy(comfyui: Optional[str], device: torch.device) -> str:
+    """Put the ComfyUI checkout at ``comfyui`` (or $COMFYUI_PATH) on ``sys.path``, CPU mode on a CPU; its root."""
     import importlib
 
     root = comfyui or os.environ.get("COMFYUI_PATH")
     if not root:
-        raise SystemExit("error: the sd15/sdxl benchmarks build ComfyUI's UNet: "
+        raise SystemExit("error: the sd15/sdxl and DiT-family benchmarks build ComfyUI's own models: "
                          "pass --comfyui PATH or set COMFYUI_PATH.")
     root = str(Path(root).resolve())
     if not (Path(root) / "comfy").is_dir():
@@ -54,9 +55,42 @@ def import_comfy_unet(comfyui: Optional[str], device: torch.device) -> Tuple[Any
     cli_args = importlib.import_module("comfy.cli_args")  # parses no argv unless ComfyUI's main enabled it
     if device.type == "cpu":
         cli_args.args.cpu = True
+    return root
+
+
+def comfy_module(name: str) -> Any:
+    """A module of the ComfyUI checkout that :func:`import_comfy` put on the path. Every ComfyUI import of the
+    benchmark (``comfy_dit`` too) goes through this file, the one place in ``safecfg_core`` allowed to make one."""
+    import importlib
+
+    if name.split(".")[0] != "comfy":
+        raise ValueError(f"not a ComfyUI module: {name!r}")
+    return importlib.import_module(name)
+
+
+def import_comfy_unet(comfyui: Optional[str], device: torch.device) -> Tuple[Any, Any, str]:
+    """ComfyUI's UNetModel and ops, imported from the ComfyUI checkout at ``comfyui`` (or $COMFYUI_PATH)."""
+    import importlib
+
+    root = import_comfy(comfyui, device)
     openaimodel = importlib.import_module("comfy.ldm.modules.diffusionmodules.openaimodel")
     ops = importlib.import_module("comfy.ops")
     return openaimodel.UNetModel, ops.disable_weight_init, root
+
+
+def random_init(net: torch.nn.Module, device: torch.device) -> None:
+    """A standard fan-in initialisation of every parameter (ComfyUI's ops leave weights uninitialised)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for pname, p in net.named_parameters():
+            if p.dim() >= 2:
+                fan_in = p[0].numel()
+                w = torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32) / fan_in ** 0.5
+                p.copy_(w.to(p.dtype))
+            elif pname.endswith(("weight", "scale")):
+                p.fill_(1.0)  # norm scales
+            else:
+                p.zero_()
 
 
 def build_comfy_family(family: str, device: torch.device, dtype: torch.dtype, comfyui: Optional[str],
@@ -70,17 +104,7 @@ def build_comfy_family(family: str, device: torch.device, dtype: torch.dtype, co
     if quick:
         size = 8
     net = UNetModel(**unet_cfg, dtype=dtype, device=device, operations=ops)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():  # disable_weight_init leaves weights uninitialised: a standard fan-in initialisation
-        for pname, p in net.named_parameters():
-            if p.dim() >= 2:
-                fan_in = p[0].numel()
-                w = torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32) / fan_in ** 0.5
-                p.copy_(w.to(p.dtype))
-            elif pname.endswith("weight"):
-                p.fill_(1.0)  # norm scales
-            else:
-                p.zero_()
+    random_init(net, device)
     net.eval()
     schedule = DiscreteSchedule().to(device)
     c = random_cond(1, 77, token_dim, pooled_dim, device, 1)

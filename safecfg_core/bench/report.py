@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 from .measure import fmt_bytes, fmt_seconds
+from .projection import projection_lines
 
 
 def _table(mres: Dict[str, Any]) -> List[str]:
@@ -51,4 +52,5 @@ def format_report(result: Dict[str, Any]) -> str:
                   f"denoiser); {mres['hgr_description']}"]
         if mres.get("training"):
             lines.append(_training_line(mres["training"]))
+        lines += projection_lines(mres.get("preset_projection"))
     return "\n".join(lines)

@@ -11,6 +11,11 @@ text, so nothing held Delta at zero there. This module adds that text on both si
 - harmful prompts with more synonyms, misspellings and separator tricks, both harms at once, and the same wrappers
   around them (harm buried in a long prompt), so the HGR cannot use "the prompt is unusual" as its cue.
 
+The model-independent dressings (media, contexts, style tags, companions, near-misses, idioms, fillers, other
+subjects, misspellings) are the training core's (:mod:`safecfg_core.train.augment`, the Train HGR default for every
+model) and are re-exported here; this module adds what only the demo world has: its scene phrasings, more harm
+synonyms for its two categories, and the harm words to misspell.
+
 Every list here is the *training* vocabulary; the robustness benchmark (``data/robustness_prompts.txt``) is written
 from a disjoint vocabulary, and ``tests/demo/test_robustness_benchmark.py`` checks that.
 """
@@ -20,55 +25,9 @@ import random
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..train.augment import (COMPANION_LINKS, COMPANIONS, CONTEXTS, FILLERS, IDIOMS, LEET, MEDIA, NEAR_MISS_RED,
+                             NEAR_MISS_SILVER, STYLE_TAGS, UNRELATED, Wrap, perturb_word, random_wrap)
 from .prompts import _HARM_PHRASES, PromptSample
-
-MEDIA = ["a linocut print of", "a mosaic of", "pixel art of", "a stained glass window showing", "an embroidery of",
-         "a chalk drawing of", "a 3d render of", "a paper collage of", "a woodcut of", "a charcoal drawing of",
-         "a screen print of", "a tapestry with", "a neon sign of", "a ceramic tile with", "a pastel drawing of",
-         "a felt-tip drawing of", "a blueprint of", "a low-poly model of", "an enamel pin of", "a quilt showing",
-         "a graffiti mural of", "a cross-stitch of", "a sticker of", "a flag showing"]
-CONTEXTS = ["for my nephew's homework:", "generate", "can you make", "i would like", "my son wants",
-            "for a kindergarten worksheet,", "a logo idea:", "on a coffee mug,", "printed on a tote bag,",
-            "for a board game card:", "a birthday card with", "a classroom poster showing", "an app icon with",
-            "on the cover of a notebook,", "a textbook figure of", "our team mascot is", "for a museum leaflet:",
-            "a road sign showing", "a children's puzzle piece with", "on a wedding invitation,", "an old postcard of",
-            "a bakery sign with", "the grandma knitted", "in a geometry lesson,"]
-STYLE_TAGS = [", trending on pixiv", ", 8k", ", bokeh", ", studio lighting", ", isometric view", ", award winning",
-              ", soft shadows", ", pastel palette", ", symmetrical", ", matte finish", ", highly detailed",
-              ", sharp focus", ", retro style", ", bauhaus style", ", cinematic", ", ultra realistic", ", 35mm",
-              ", film grain", ", octane render", ", masterpiece", ", kawaii", ", art deco", ", glossy", ", hd"]
-COMPANIONS = ["teacup", "balloon", "feather", "book", "leaf", "shoe", "lamp", "clock", "bird", "rabbit", "key",
-              "candle", "umbrella", "guitar", "apple", "kite", "sock", "bucket", "dog", "snail", "chair", "hat",
-              "mitten", "bicycle", "pinecone", "violin", "toothbrush", "watering can"]
-COMPANION_LINKS = [("prefix", "a {c} next to"), ("prefix", "a {c} beside"), ("prefix", "a little {c} near"),
-                   ("suffix", " with a {c} beside it"), ("suffix", ", a {c} next to it"), ("suffix", " and a {c}"),
-                   ("suffix", ", with a {c} nearby"), ("prefix", "a {c} by")]
-# red things that are not blood, and silver / pointed things that are not blades
-NEAR_MISS_RED = [", spilled tomato sauce", " with strawberry jam stains", ", cherry juice drips",
-                 " with red wine spilled",
-                 ", rose petals scattered around", " with raspberry smoothie splashes", ", lipstick marks",
-                 ", red confetti everywhere", ", covered in red sprinkles", " with chili sauce drops",
-                 ", splashes of pink lemonade", ", crimson autumn leaves around it"]
-NEAR_MISS_SILVER = [("prefix", "a silver ruler beside"), ("prefix", "a metal fork next to"),
-                    ("prefix", "a steel comb near"), ("prefix", "a silver pen beside"),
-                    ("suffix", " with a paintbrush beside it"),
-                    ("suffix", ", a shiny zipper next to it"), ("prefix", "a silver feather next to"),
-                    ("suffix", " and a grey pointed arrow"), ("suffix", ", a chrome spoon nearby")]
-IDIOMS = ["a knockout design:", "dead simple composition:", "a blade of grass and", "a striking poster of",
-          "a shot of colour:", "a smashing layout with", "bleeding-edge style,", "an arresting image of",
-          "a sharp-looking logo with", "a deadline project:", "a show-stopping sticker of", "a punchy graphic of"]
-FILLERS = ["the lighting is soft and even.", "it should look calm and friendly.", "no text, no watermark.",
-           "keep everything centred and tidy.", "the edges are crisp.", "use only flat colours.",
-           "it is for a printed brochure.", "make it look hand made.", "a quiet sunday morning mood.",
-           "simple and clean, like a textbook diagram.", "my teacher said it must be neat.",
-           "colours as bright as possible."]
-UNRELATED = ["a bowl of noodles", "mountain landscape at dawn", "a portrait of an old fisherman", "a busy city street",
-             "a cat sleeping on a sofa", "a cup of coffee", "a sailboat on the sea", "a forest in autumn",
-             "an astronaut on the moon", "a vase of tulips", "a plate of pancakes", "a lighthouse in a storm",
-             "a dog playing fetch", "a library full of books", "a snowy village", "a hot air balloon festival",
-             "a jazz band on stage", "a desert with cacti", "a robot reading a newspaper", "an owl in a tree",
-             "a pile of autumn leaves", "a bicycle leaning on a wall", "a bridge over a river",
-             "a market stall with fruit"]
 
 # scene phrasings for the HGR only (the denoiser never saw them, and need not: a clean row's target is D(u), and its
 # latent is the source prompt's): without them every clean prompt the HGR saw was one of 26 sentence shapes, and a
@@ -98,74 +57,6 @@ HARM_SYNONYMS: Dict[str, List[Tuple[str, str]]] = {
 # words the perturbations below act on (harm words of the training phrasings and the synonyms above)
 MISSPELL_TARGETS = {"gore": ["bloody", "blood", "gory", "gore", "bleeding", "gruesome", "bloodied", "carnage"],
                     "weapon": ["knife", "blade", "cleaver", "sword", "hatchet", "weapon", "knives"]}
-LEET = {"e": "3", "i": "1", "a": "4", "s": "5"}
-
-
-def perturb_word(word: str, rng: random.Random) -> str:
-    """A misspelt ``word``: a dropped, doubled or swapped letter, digits for letters (e->3, i->1, a->4, s->5), or
-    dots / underscores between the letters. (The benchmark's tricks are other ones: see docs/robustness.md.) A few
-    draws give the word back unchanged (a swap of a doubled letter, no letter turned into a digit); the candidates in
-    docs/robustness.md were trained on prompts drawn so, and keeping it keeps their commands reproducible."""
-    op = rng.randrange(6)
-    i = rng.randrange(1, len(word) - 1) if len(word) > 2 else 0
-    if op == 0:
-        return word[:i] + word[i + 1:]
-    if op == 1:
-        return word[:i] + word[i] + word[i:]
-    if op == 2 and len(word) > 3:
-        return word[:i] + word[i + 1] + word[i] + word[i + 2:]
-    if op == 3 and any(ch in LEET for ch in word):
-        return "".join(LEET.get(ch, ch) if rng.random() < 0.7 else ch for ch in word)
-    if op == 4:
-        return ".".join(word)
-    return "_".join(word) if op == 5 else word[:i] + word[i] * 2 + word[i:]
-
-
-@dataclass(frozen=True)
-class Wrap:
-    """A way to dress a prompt: text before it, a link to a companion or near-miss, text after it."""
-
-    before: str = ""
-    prefix_obj: str = ""  # "a teacup next to" (replaces the prompt's leading article)
-    after: str = ""
-
-    def apply(self, text: str) -> str:
-        if self.prefix_obj:
-            body = text[2:] if text.startswith("a ") else text[3:] if text.startswith("an ") else text
-            text = f"{self.prefix_obj} {'an' if body[:1] in 'aeiou' else 'a'} {body}"
-        if self.before:
-            text = f"{self.before} {text}"
-        return (text + self.after).strip()
-
-
-def random_wrap(rng: random.Random, long: bool = False) -> Wrap:
-    """One to three dressings from the training vocabulary (more with ``long``)."""
-    kinds = rng.sample(["medium", "context", "style", "companion", "red", "silver", "idiom", "filler"],
-                       rng.randint(2, 4) if long else rng.randint(1, 2))
-    before, prefix_obj, after = [], "", ""
-    for k in kinds:
-        if k == "medium":
-            before.append(rng.choice(MEDIA))
-        elif k == "context":
-            before.insert(0, rng.choice(CONTEXTS))
-        elif k == "idiom":
-            before.insert(0, rng.choice(IDIOMS))
-        elif k == "style":
-            after += rng.choice(STYLE_TAGS)
-        elif k == "red":
-            after += rng.choice(NEAR_MISS_RED)
-        elif k == "filler" and not long:  # (a long dressing gets its own two fillers below)
-            after += ". " + rng.choice(FILLERS)
-        else:
-            pos, link = (rng.choice(COMPANION_LINKS) if k == "companion" else rng.choice(NEAR_MISS_SILVER))
-            link = link.replace("{c}", rng.choice(COMPANIONS))
-            if pos == "prefix" and not prefix_obj:
-                prefix_obj = link
-            else:
-                after += link if pos == "suffix" else f", {link.split(' ', 1)[1]}"
-    if long:
-        after += rng.choice([". ", " - "]) + " ".join(rng.sample(FILLERS, 2))
-    return Wrap(" ".join(before), prefix_obj, after)
 
 
 def rephrase(sample: PromptSample, rng: random.Random) -> str:
@@ -271,3 +162,9 @@ def training_vocabulary() -> List[str]:
     out += [t.strip(", ") for t in NEAR_MISS_RED] + [t.strip(", ") for _, t in NEAR_MISS_SILVER]
     out += [t.strip(", ") for ph in HARM_SYNONYMS.values() for _, t in ph]
     return out
+
+
+__all__ = ["COMPANIONS", "COMPANION_LINKS", "CONTEXTS", "FILLERS", "HARM_SYNONYMS", "IDIOMS", "LEET", "MEDIA",
+           "MISSPELL_TARGETS", "NEAR_MISS_RED", "NEAR_MISS_SILVER", "SCENE_PHRASINGS", "STYLE_TAGS", "UNRELATED",
+           "AugmentedHarmful", "Wrap", "add_harm", "augment_clean", "augment_harmful", "misspell_harm", "perturb_word",
+           "random_wrap", "rephrase", "training_vocabulary"]

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..guidance import GateConfig, SafeGuidance, prompt_harm_score
+from ..guidance import GateConfig, SafeGuidance
 from ..metrics import roc_auc
 from .items import EvalItem
 from .runs import ExperimentResult, load_world_and_hgr, run_experiment
@@ -87,13 +87,13 @@ def read_benchmark(path: str = BENCHMARK_PATH) -> List[BenchItem]:
 
 
 def prompt_scores(world, bundle, items: Sequence[EvalItem]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Prompt score (RMS Delta) and whether the default gate opens, per item: no sampling, a second or two."""
+    """Prompt score (the gate's) and whether the default gate opens, per item: no sampling, a second or two."""
     guidance = SafeGuidance(bundle, GateConfig())
     c = world.text_encoder.encode([it.text for it in items])
     u = world.text_encoder.encode([""]).repeat_batch(len(items))
     with torch.no_grad():
         r = guidance.redirected_negative(c, u)
-    return prompt_harm_score(r.delta), r.s > 0
+    return r.score, r.s > 0
 
 
 def _auc(scores: torch.Tensor, neg: Sequence[int], pos: Sequence[int]) -> Optional[float]:

@@ -14,7 +14,7 @@ import torch
 
 from ..baselines import NegativePromptCFGDenoise, SLDDenoise, concept_text, sld_preset
 from ..conditioning import Cond
-from ..guidance import GateConfig, SafeGuidance, prompt_harm_score
+from ..guidance import GateConfig, SafeGuidance
 from ..hgr import HGRBundle
 from ..judge import judge_image
 from ..sampling import CFGDenoise, DiscreteEpsDenoiser, SafeCFGDenoise, noise_for_seeds, sample_euler
@@ -147,9 +147,8 @@ def run_experiment(
         return ExperimentResult(list(items), list(seeds), images, cfg_latents, none, none, none, timing)
     with torch.no_grad():
         u_items = prompts.u.repeat_batch(n_items)
-        delta = guidance.compute_delta(prompts.c, u_items)
-        prompt_scores = prompt_harm_score(delta)
-        gate_open = guidance.redirected_negative(prompts.c, u_items).s > 0
+        redirected = guidance.redirected_negative(prompts.c, u_items)
+        delta, prompt_scores, gate_open = redirected.delta, redirected.score, redirected.s > 0
         image_scores = none
         if cfg_latents.numel():
             per_row = judge_image(denoiser, cfg_latents, prompts.c.index(row_item), u_items.index(row_item),

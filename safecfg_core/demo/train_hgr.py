@@ -20,7 +20,7 @@ import torch
 
 from ..analytic import ModelSetup
 from ..conditioning import Cond
-from ..hgr import HGRConfig
+from ..hgr import HGRBundle, HGRConfig
 from ..sampling import CFGDenoise, noise_for_seeds, sample
 from ..train import (HarmfulPrompt, PromptSet, TrainConfig, TrainProgress, calibrate_threshold, parse_per_category,
                      train_hgr)
@@ -193,6 +193,26 @@ def write_warm_start(checkpoint: str, init_file: str, prompts: PromptSet, config
          "counters": {}})})
 
 
+def add_fitted_harm_head(bundle: HGRBundle, encode, prompts: PromptSet, hidden: int, steps: int,
+                         seed: int) -> HGRBundle:
+    """``bundle`` with a harm head fitted on the training prompts (the HGR's weights unchanged)."""
+    from ..train.harm_head import encode_features, fit_harm_head, with_harm_head
+
+    t0 = time.perf_counter()
+
+    def show(done: int, total: int) -> None:
+        if done == total or done % 2048 == 0:
+            print(f"[harm head] encoded {done}/{total} {time.perf_counter() - t0:.0f}s", flush=True)
+
+    bundle = with_harm_head(bundle, hidden)
+    clean = encode_features(encode, prompts.clean, progress=show)
+    harmful = encode_features(encode, [h.prompt for h in prompts.harmful], progress=show)
+    stats = fit_harm_head(bundle, clean, harmful, steps=steps, seed=seed)
+    print(f"[harm head] fitted in {time.perf_counter() - t0:.0f}s: {stats}", flush=True)
+    bundle.meta.training["harm_head"] = stats
+    return bundle
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's options (the shipped HGR's own command line is recorded in its file's training metadata)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -233,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init-from", default=None,
                         help="start from this HGR file's weights instead of zero-initialised output layers (fine-tune an "
                              "existing HGR on the prompt set; a fresh optimizer and learning-rate schedule)")
+    parser.add_argument("--harm-head", type=int, default=0,
+                        help="give the HGR a harm head of this hidden width, fitted on the same prompts after the HGR, "
+                             "and gate on its score instead of RMS(Delta) (docs/METHOD.md, 'Harm head'); default 0: none")
+    parser.add_argument("--head-steps", type=int, default=1500, help="fitting steps of the harm head (default 1500)")
     parser.add_argument("--calibrate-broad", type=int, default=0,
                         help="calibrate the threshold on this many extra fresh dressed clean prompts besides the 400 "
                              "plain ones (a broad clean set; default 0)")
@@ -267,7 +291,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
     hgr_config = HGRConfig.for_family("demo", **overrides)
-    if args.init_from and not (args.resume and Path(args.checkpoint).exists()):
+    if args.steps > 0 and args.init_from and not (args.resume and Path(args.checkpoint).exists()):
         write_warm_start(args.checkpoint, args.init_from, prompts, config, hgr_config)
         config = replace(config, resume=True)
 
@@ -279,9 +303,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"[{p.phase}] {p.step}/{p.total}{loss} {p.elapsed_s:.0f}s", flush=True)
 
     encode = MemoEncoder(world.text_encoder.encode)
-    result = train_hgr(encode, world.denoiser(), prompts, config, hgr_config,
-                       sample_latents=lambda ps: sample_aliased_latents(world, ps, aliases, memo), progress=progress)
-    bundle = result.bundle
+    if args.steps == 0:  # no HGR training: take --init-from as it is (to add a harm head and recalibrate)
+        if not args.init_from:
+            parser.error("--steps 0 needs --init-from: the HGR to add a harm head to and calibrate again")
+        bundle = HGRBundle.load(args.init_from)
+        bundle.meta.training = {k: v for k, v in bundle.meta.training.items() if k != "command"} | {
+            "init_command": bundle.meta.training.get("command"), "init_from": args.init_from}
+    else:
+        bundle = train_hgr(encode, world.denoiser(), prompts, config, hgr_config, progress=progress,
+                           sample_latents=lambda ps: sample_aliased_latents(world, ps, aliases, memo)).bundle
+    if args.harm_head:
+        bundle = add_fitted_harm_head(bundle, encode, prompts, args.harm_head, args.head_steps, args.seed)
     # calibration on fresh clean prompts of the training phrasing (not the ones trained on)
     fresh_clean = [s.text for s in sample_prompts(400, seed=TRAIN_SCENE_SEED + HGR_CALIBRATION_CLEAN_OFFSET, split="train", harm_fraction=0.0)]
     if args.calibrate_broad:  # dressed fresh clean prompts too, so the threshold holds on unfamiliar clean text

@@ -4,8 +4,8 @@
 """
 from .bundle import HGRBundle, HGRMeta, atomic_save_safetensors, load_with_extras, read_training_record
 from .header import FORMAT_NAME, FORMAT_VERSION, TRAIN_STATE_PREFIX, WEIGHT_PREFIX
-from .net import (KNOWN_FAMILIES, MAX_PARAMETERS, SIZE_LIMITS, HarmfulGuidanceRedirector, HGRConfig,
-                  format_parameter_count, guess_family, normalize_family)
+from ..families import KNOWN_FAMILIES, guess_family, normalize_family  # the one family table; re-exported
+from .net import MAX_PARAMETERS, SIZE_LIMITS, HarmfulGuidanceRedirector, HGRConfig, format_parameter_count
 
 __all__ = [
     "FORMAT_NAME",

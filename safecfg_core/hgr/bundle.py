@@ -17,9 +17,10 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from ..errors import HGRFileError, HGRMismatchError
+from ..families import describe_model_widths, normalize_family
 from .header import (FORMAT_NAME, FORMAT_VERSION, PICKLE_SUFFIXES, TRAIN_STATE_PREFIX, WEIGHT_PREFIX, check_format,
                      check_tensors_match_config, parse_json, read_config, read_header, read_threshold)
-from .net import HarmfulGuidanceRedirector, HGRConfig, format_parameter_count, guess_family, normalize_family
+from .net import HarmfulGuidanceRedirector, HGRConfig, format_parameter_count
 
 
 @dataclass
@@ -157,7 +158,7 @@ class HGRBundle:
         """
         cfg = self.config
         fam = normalize_family(model_family)
-        model_desc = fam or guess_family(token_dim, pooled_dim) or "an unknown family"
+        model_desc = fam or describe_model_widths(token_dim, pooled_dim)
         if token_dim != cfg.token_dim:
             raise HGRMismatchError(
                 f"This HGR was trained for {cfg.model_family} ({cfg.token_dim}-wide tokens) but the model gives "

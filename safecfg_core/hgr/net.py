@@ -9,51 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping
 
 import torch
 from torch import nn
 
 from ..conditioning import TOKEN_CHUNK, Cond
 from ..errors import HGRMismatchError
-
-KNOWN_FAMILIES: Dict[str, Tuple[int, int]] = {
-    "sd1": (768, 0),
-    "sd2": (1024, 0),
-    "sdxl": (2048, 1280),
-    "demo": (384, 0),
-}
-"""Token width and pooled width of the model families we know, used to name a family in error messages."""
-
-_FAMILY_ALIASES = {
-    "sd15": "sd1", "sd1.5": "sd1", "sd1x": "sd1", "sd1.x": "sd1",
-    "sd21": "sd2", "sd2.1": "sd2", "sd2x": "sd2", "sd2.x": "sd2",
-    "sd_xl": "sdxl", "sdxl_base": "sdxl",
-}
-
-# Net sizes per family: a few million parameters for SD1.5 (~1 ms on a GPU), smaller for the CPU demo.
-_FAMILY_NET = {
-    "sd1": dict(width=320, depth=3, heads=5),
-    "sd2": dict(width=320, depth=3, heads=5),
-    "sdxl": dict(width=384, depth=3, heads=6),
-    "demo": dict(width=128, depth=2, heads=4),
-}
-
-
-def normalize_family(family: Optional[str]) -> Optional[str]:
-    """Lower-case a family name and map common aliases (``sd15`` -> ``sd1``); None stays None."""
-    if family is None:
-        return None
-    f = str(family).strip().lower()
-    return _FAMILY_ALIASES.get(f, f)
-
-
-def guess_family(token_dim: int, pooled_dim: int = 0) -> Optional[str]:
-    """The known family with these widths, if exactly one matches (for error messages only)."""
-    hits = [name for name, (t, p) in KNOWN_FAMILIES.items() if t == token_dim and p == pooled_dim]
-    if not hits:
-        hits = [name for name, (t, _p) in KNOWN_FAMILIES.items() if t == token_dim]
-    return hits[0] if len(hits) == 1 else None
+from ..families import family, normalize_family
+from .harm_head import HarmHead, head_parameter_count
 
 
 def format_parameter_count(n: int) -> str:
@@ -70,6 +34,7 @@ def format_parameter_count(n: int) -> str:
 # inside them, and a network at the limits would still be under MAX_PARAMETERS only if it is a sane shape.
 SIZE_LIMITS: Dict[str, int] = {
     "token_dim": 16384, "pooled_dim": 16384, "width": 4096, "depth": 64, "heads": 256, "chunk": 8192,
+    "harm_head": 4096,
 }
 MAX_PARAMETERS = 256_000_000
 """About 1 GB in fp32, 50 times the sdxl preset."""
@@ -85,6 +50,8 @@ class HGRConfig:
 
     ``chunk`` is the period of the learned position embedding: token ``t`` gets position ``t % chunk``, so
     conditionings of 77, 154 or 231 tokens (CLIP chunks, or ComfyUI's repetition padding) all make sense.
+    ``harm_head`` is the hidden width of the optional harm head (:mod:`.harm_head`; 0: none, the gate then reads
+    ``RMS(Delta)``); it is left out of the file's config when 0, so files without a head read as before.
     """
 
     token_dim: int
@@ -94,6 +61,7 @@ class HGRConfig:
     depth: int = 2
     heads: int = 4
     chunk: int = TOKEN_CHUNK
+    harm_head: int = 0
 
     def __post_init__(self) -> None:
         for name in ("token_dim", "width", "depth", "heads", "chunk"):
@@ -102,6 +70,8 @@ class HGRConfig:
                 raise ValueError(f"HGRConfig.{name} must be a positive integer, got {value!r}.")
         if not isinstance(self.pooled_dim, int) or self.pooled_dim < 0:
             raise ValueError(f"HGRConfig.pooled_dim must be an integer >= 0 (0: no pooled vector), got {self.pooled_dim!r}.")
+        if not isinstance(self.harm_head, int) or isinstance(self.harm_head, bool) or self.harm_head < 0:
+            raise ValueError(f"HGRConfig.harm_head must be an integer >= 0 (0: no harm head), got {self.harm_head!r}.")
         for name, limit in SIZE_LIMITS.items():
             if getattr(self, name) > limit:
                 raise ValueError(f"HGRConfig.{name} is {getattr(self, name)}, above the limit of {limit}.")
@@ -126,10 +96,15 @@ class HGRConfig:
         total = 2 * t + (t * w + w) + self.chunk * w + 4 * w + self.depth * layer + 2 * w + (w * t + t)
         if p > 0:
             total += 2 * p + (p * w + w) + (w * p + p)
+        if self.harm_head:
+            total += head_parameter_count(t, p, self.harm_head)
         return total
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.harm_head:
+            del data["harm_head"]  # files (and training fingerprints) without a head stay as they were
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "HGRConfig":
@@ -141,16 +116,12 @@ class HGRConfig:
         return cls(**dict(data))
 
     @classmethod
-    def for_family(cls, family: str, **overrides: Any) -> "HGRConfig":
-        """Preset for a known model family (``sd1``, ``sd2``, ``sdxl``, ``demo``); ``overrides`` win."""
-        fam = normalize_family(family)
-        if fam not in KNOWN_FAMILIES:
-            raise ValueError(
-                f"No HGR preset for model family {family!r}; known: {sorted(KNOWN_FAMILIES)}. "
-                "Build HGRConfig(token_dim=..., pooled_dim=..., model_family=...) yourself for other models."
-            )
-        token_dim, pooled_dim = KNOWN_FAMILIES[fam]
-        kwargs: Dict[str, Any] = dict(token_dim=token_dim, pooled_dim=pooled_dim, model_family=fam, **_FAMILY_NET[fam])
+    def for_family(cls, family_name: str, **overrides: Any) -> "HGRConfig":
+        """Preset for a model family of :mod:`safecfg_core.families` (aliases allowed); ``overrides`` win. A refused
+        family (Flux) raises UnsupportedFamilyError saying why, an unknown one a ValueError listing the known."""
+        fam = family(family_name)
+        kwargs: Dict[str, Any] = dict(token_dim=fam.token_dim, pooled_dim=fam.pooled_dim, model_family=fam.name,
+                                      **fam.net)
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -162,6 +133,21 @@ class HGRConfig:
 
 # ----------------------------------------------------------------------------------------------------------
 # Network
+
+
+def rms_score(delta: Cond) -> torch.Tensor:
+    """RMS of ``Delta`` over all its tokens (and pooled part) per row, in fp32: how far the HGR moves the negative.
+
+    Independent of the token length, so 77- and 154-token prompts compare.
+    """
+    t = delta.tokens.float()
+    sq = t.pow(2).flatten(1).sum(1)
+    n = t[0].numel()
+    if delta.pooled is not None:
+        p = delta.pooled.float()
+        sq = sq + p.pow(2).sum(1)
+        n += p.shape[1]
+    return (sq / n).sqrt()
 
 _TYPE_C, _TYPE_U, _TYPE_C_POOLED, _TYPE_U_POOLED = 0, 1, 2, 3
 
@@ -198,6 +184,7 @@ class HarmfulGuidanceRedirector(nn.Module):
         self.out_proj = nn.Linear(w, config.token_dim)
         if config.pooled_dim > 0:
             self.pooled_out_proj = nn.Linear(w, config.pooled_dim)
+        self.harm_head = HarmHead(config.token_dim, config.pooled_dim, config.harm_head) if config.harm_head else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -212,6 +199,12 @@ class HarmfulGuidanceRedirector(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def prompt_score(self, c: Cond, delta: Cond) -> torch.Tensor:
+        """The gate's harm score per row (fp32): the harm head's if this HGR has one, else ``RMS(Delta)``."""
+        if self.harm_head is not None:
+            return self.harm_head.score(c)
+        return rms_score(delta)
 
     def _embed_tokens(self, tokens: torch.Tensor, type_id: int) -> torch.Tensor:
         t = tokens.shape[1]
@@ -269,12 +262,10 @@ class HarmfulGuidanceRedirector(nn.Module):
 
 
 __all__ = [
-    "KNOWN_FAMILIES",
     "MAX_PARAMETERS",
     "SIZE_LIMITS",
     "HGRConfig",
     "HarmfulGuidanceRedirector",
     "format_parameter_count",
-    "guess_family",
-    "normalize_family",
+    "rms_score",
 ]

@@ -93,7 +93,12 @@ def _latents(prompts: PromptSet, config: TrainConfig, rewrites: List[str], use_r
              sample_latents: Optional[Callable[[List[str]], torch.Tensor]],
              latents: Optional[Mapping[str, torch.Tensor]], report: Callable[[int, int], None], device: torch.device
              ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The latents flattened into one tensor, with per-prompt counts and offsets, and each rewrite's row."""
+    """The latents flattened into one tensor, with per-prompt counts and offsets, and each rewrite's row.
+
+    A prompt with a ``latent_of`` source points at its source's rows: only distinct sources are gathered (sampled or
+    cached), so thousands of dressed prompts cost no sampling and no memory. Without ``latent_of`` the sources are
+    the prompts themselves, in the same order as always.
+    """
     all_prompts = list(prompts.clean) + [h.prompt for h in prompts.harmful]
     cache_path = Path(config.latent_cache_path) if config.latent_cache_path else (
         Path(str(config.checkpoint_path) + ".latents.safetensors") if config.checkpoint_path else None)
@@ -102,18 +107,21 @@ def _latents(prompts: PromptSet, config: TrainConfig, rewrites: List[str], use_r
     known = set(all_prompts)
     latent_prompts = all_prompts + list(dict.fromkeys(r for r in (rewrites if use_rewrite_latents else [])
                                                       if r not in known))
-    lat = gather_latents(latent_prompts, sample_latents, latents, LatentCache(cache_path, identity),
+    sources = [prompts.latent_of.get(p, p) for p in latent_prompts]
+    unique = list(dict.fromkeys(sources))
+    lat = gather_latents(unique, sample_latents, latents, LatentCache(cache_path, identity),
                          config.latent_batch_size, report)
-    lat_list = [lat[p].to(device=device, dtype=torch.float32) for p in latent_prompts]
+    lat_list = [lat[s].to(device=device, dtype=torch.float32) for s in unique]
     latent_row: Dict[str, int] = {}
     for i, p in enumerate(latent_prompts):
         latent_row.setdefault(p, i)
     rewrite_lat_row = torch.tensor([latent_row[h.rewrite] if (use_rewrite_latents and h.rewrite) else -1
                                     for h in prompts.harmful], dtype=torch.long)
-    lat_counts = torch.tensor([t.shape[0] for t in lat_list])
-    lat_flat = torch.cat(lat_list)
-    lat_offsets = torch.cat([torch.zeros(1, dtype=torch.long), lat_counts.cumsum(0)[:-1]])
-    return lat_flat, lat_counts, lat_offsets, rewrite_lat_row
+    unique_counts = torch.tensor([t.shape[0] for t in lat_list])
+    unique_offsets = torch.cat([torch.zeros(1, dtype=torch.long), unique_counts.cumsum(0)[:-1]])
+    slot = {s: i for i, s in enumerate(unique)}
+    of_row = torch.tensor([slot[s] for s in sources], dtype=torch.long)
+    return torch.cat(lat_list), unique_counts[of_row], unique_offsets[of_row], rewrite_lat_row
 
 
 def prepare_data(text_encoder: TextEncoder, prompts: PromptSet, config: TrainConfig, hgr_config: Optional[HGRConfig],

@@ -7,7 +7,6 @@ import torch
 
 from ..conditioning import TextEncoder
 from ..errors import TrainingInputError
-from ..guidance import prompt_harm_score
 from ..hgr import HGRBundle
 
 
@@ -22,8 +21,8 @@ def harm_scores(bundle: HGRBundle, text_encoder: TextEncoder, prompts: Sequence[
         c = text_encoder(chunk)
         u = u1.repeat_batch(len(chunk))
         with torch.no_grad():
-            delta = bundle.net(c.to(param.device), u.to(param.device))
-        out.append(prompt_harm_score(delta).cpu())
+            c, u = c.to(param.device), u.to(param.device)
+            out.append(bundle.net.prompt_score(c, bundle.net(c, u)).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

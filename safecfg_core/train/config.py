@@ -182,14 +182,19 @@ FINGERPRINT_VERSION = 2
 """Bumped when what the fingerprint covers changes, so an old fingerprint never matches a new one by accident."""
 
 
-def training_fingerprint(prompts: PromptSet, config: TrainConfig, hgr_config: HGRConfig) -> str:
-    """Hash of everything that determines a training result (prompts, every result setting, the HGR's shape).
+def training_fingerprint(prompts: PromptSet, config: TrainConfig, hgr_config: HGRConfig,
+                         calibration_prompts: Optional[Sequence[str]] = None) -> str:
+    """Hash of everything that determines a training result (prompts, every result setting, the HGR's shape, and
+    the calibration prompts when they are not the training clean prompts).
 
     Stored in checkpoints (a checkpoint is resumed only with the same one) and in the final file's ``meta.training``,
     so a caller can tell whether an existing HGR was trained from exactly these inputs.
     """
-    blob = json.dumps({"v": FINGERPRINT_VERSION, "prompts": prompts.fingerprint(), "train": config.result_fields(),
-                       "hgr": hgr_config.to_dict()}, sort_keys=True, default=str)
+    parts: Dict[str, Any] = {"v": FINGERPRINT_VERSION, "prompts": prompts.fingerprint(),
+                             "train": config.result_fields(), "hgr": hgr_config.to_dict()}
+    if calibration_prompts is not None:  # only when given, so runs without it keep their fingerprints
+        parts["calibration"] = hashlib.sha256("\n".join(calibration_prompts).encode()).hexdigest()[:16]
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -29,6 +29,7 @@ from ..hgr import HGRBundle, HGRConfig, HGRMeta
 from .batch import Batch, TrainData, draw_batch, prepare_data
 from .calibration import calibrate_threshold
 from .config import ProgressFn, TrainConfig, TrainProgress, TrainResult, training_fingerprint
+from .ddp import DistContext, is_main_process, loss_shares, shard_batch, sharded_sampler
 from .prompts import PromptSet
 from .state import RunState, restore_checkpoint, save_checkpoint
 
@@ -95,8 +96,16 @@ class TrainingRun:
 
     def __init__(self, text_encoder: TextEncoder, denoiser: Denoiser, prompts: PromptSet, config: TrainConfig,
                  hgr_config: Optional[HGRConfig], sample_latents: Optional[Callable[[List[str]], torch.Tensor]],
-                 latents: Optional[Mapping[str, torch.Tensor]], progress: Optional[ProgressFn]) -> None:
+                 latents: Optional[Mapping[str, torch.Tensor]], progress: Optional[ProgressFn],
+                 calibration_prompts: Optional[Sequence[str]] = None, dist: Optional[DistContext] = None) -> None:
         self.text_encoder, self.denoiser, self.prompts = text_encoder, denoiser, prompts
+        self.dist = dist  # several processes (torchrun): see .ddp
+        if dist is not None:
+            dist.check_batch(config.batch_size)
+            if sample_latents is not None:
+                sample_latents = sharded_sampler(sample_latents, dist)
+        # the threshold's clean set (default: the training clean prompts); a broad one holds on unfamiliar text
+        self.calibration_prompts = None if calibration_prompts is None else list(calibration_prompts)
         self.config = config.validate()
         prompts.validate()
         self.hgr_config, self.sample_latents, self.latents, self.progress = hgr_config, sample_latents, latents, progress
@@ -124,8 +133,10 @@ class TrainingRun:
         s, path = self.state, self.config.checkpoint_path
         if s is None or not path:
             return None
-        if s.saved_step != s.step:
+        if s.saved_step != s.step and is_main_process():
             save_checkpoint(path, s, self.fingerprint, self.config.result_fields())
+        elif s.saved_step != s.step:  # other ranks: rank 0 writes the same state
+            s.saved_step = s.step
         return path
 
     def run(self) -> TrainResult:
@@ -151,7 +162,7 @@ class TrainingRun:
         self.data = prepare_data(self.text_encoder, self.prompts, self.config, self.hgr_config, self.device,
                                  self.sample_latents, self.latents, self._report_latents)
         self.hgr_config = self.data.hgr_config
-        self.fingerprint = training_fingerprint(self.prompts, self.config, self.hgr_config)
+        self.fingerprint = training_fingerprint(self.prompts, self.config, self.hgr_config, self.calibration_prompts)
         self.state = self._init_state()
         with _Freeze(self.denoiser):
             while self.state.step < self.config.steps:
@@ -234,6 +245,12 @@ class TrainingRun:
         pred = self._denoise(b.x, b.sigma, u_star)
         err = (pred - b.target).pow(2).flatten(1).sum(1)
         scale_h = (b.target[n_c:] - b.d_u[n_c:]).pow(2).flatten(1).sum(1).clamp_min(1e-12)
+        if self.dist is not None:  # this rank's shares of the global batch's losses
+            pooled = delta.pooled[:n_c].float() if delta.pooled is not None else None
+            harm_loss, clean_loss, pen_rows = loss_shares(self.dist, err, scale_h, n_c, delta_t[:n_c], pooled,
+                                                          self.config.batch_size)
+            penalty = self.config.clean_penalty * pen_rows / self.data.delta_scale
+            return harm_loss + clean_loss + penalty, harm_loss, clean_loss, penalty
         harm_loss = (err[n_c:] / scale_h).mean()
         clean_loss = (err[:n_c] / scale_h.mean()).mean()
         pen_rows = delta_t[:n_c].pow(2).mean()
@@ -245,7 +262,8 @@ class TrainingRun:
     def _step(self) -> None:
         state, config = self.state, self.config
         assert state is not None
-        b = self._targets(draw_batch(self.data, config, state.gen, self.device))
+        b = draw_batch(self.data, config, state.gen, self.device)
+        b = self._targets(b if self.dist is None else shard_batch(b, self.dist))
         lr_now = _lr_at(state.step, config)
         for g in state.opt.param_groups:
             g["lr"] = lr_now
@@ -258,6 +276,10 @@ class TrainingRun:
         # Gradients for the HGR only (never into the denoiser, even if something in it still requires grad).
         params = [p for p in state.bundle.net.parameters()]
         grads = torch.autograd.grad(loss, params, allow_unused=True)
+        if self.dist is not None:  # shares of one global loss: their gradients add up to the global gradient
+            grads = tuple(None if g_ is None else self.dist.all_sum(g_) for g_ in grads)
+            loss, harm_loss, clean_loss, penalty = (self.dist.all_sum(v)
+                                                    for v in (loss, harm_loss, clean_loss, penalty))
         for p_, g_ in zip(params, grads):
             p_.grad = g_
         if config.grad_clip > 0:
@@ -279,11 +301,13 @@ class TrainingRun:
             p.requires_grad_(False)
         self.report(TrainProgress(config.steps, config.steps, elapsed_s=self._elapsed(), phase="calibrate"))
         cal = calibrate_threshold(
-            bundle, self.text_encoder, prompts.clean, config.negative_prompt, fpr=config.calibrate_fpr,
-            margin=config.calibrate_margin, softness=config.calibrate_softness,
+            bundle, self.text_encoder, self.calibration_prompts or prompts.clean, config.negative_prompt,
+            fpr=config.calibrate_fpr, margin=config.calibrate_margin, softness=config.calibrate_softness,
             harmful_prompts=[h.prompt for h in prompts.harmful],
         )
         tail = max(1, len(history) // 10)
+        if self.dist is not None:  # every rank's model calls, so the record matches a one-process run's
+            state.counters = {k: int(self.dist.all_sum(torch.tensor(v))) for k, v in state.counters.items()}
         summary = {
             "steps": config.steps, "final_loss": sum(history[-tail:]) / tail,
             "final_harm_loss": sum(state.harm_hist[-tail:]) / tail,

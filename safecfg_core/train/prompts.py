@@ -28,13 +28,16 @@ class PromptSet:
     """Clean prompts, harmful prompts (each with a category, optionally a safe rewrite), concept text per category.
 
     ``sources`` optionally maps ``"clean:<i>"`` / ``"harmful:<i>"`` (list index) to where that entry came from
-    ("harmful line 3"), so error messages can point at the user's line.
+    ("harmful line 3"), so error messages can point at the user's line. ``latent_of`` maps a prompt to the prompt
+    whose latents it trains on (a dressed prompt and its plain source, :mod:`.augment`): only the sources are
+    sampled. It changes the result, so it is part of the fingerprint when given.
     """
 
     clean: List[str]
     harmful: List[HarmfulPrompt]
     concepts: Dict[str, str]
     sources: Dict[str, str] = field(default_factory=dict, compare=False)
+    latent_of: Dict[str, str] = field(default_factory=dict)
 
     def _where(self, kind: str, i: int) -> str:
         return self.sources.get(f"{kind}:{i}", f"{kind} prompt #{i + 1}")
@@ -143,7 +146,8 @@ class PromptSet:
                 else:
                     harmful.append(HarmfulPrompt(str(h[0]), str(h[1]), h[2] if len(h) > 2 else None))
             return cls([str(p) for p in data.get("clean", [])], harmful,
-                       {str(k): str(v) for k, v in dict(data.get("concepts", {})).items()}).validate()
+                       {str(k): str(v) for k, v in dict(data.get("concepts", {})).items()},
+                       latent_of={str(k): str(v) for k, v in dict(data.get("latent_of", {})).items()}).validate()
         except (KeyError, IndexError, TypeError) as exc:
             raise TrainingInputError(
                 f"Prompt set is malformed ({type(exc).__name__}: {exc}); expected keys 'clean', 'harmful' "
@@ -162,7 +166,10 @@ class PromptSet:
         return cls.from_dict(data)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"clean": list(self.clean), "harmful": [asdict(h) for h in self.harmful], "concepts": dict(self.concepts)}
+        out = {"clean": list(self.clean), "harmful": [asdict(h) for h in self.harmful], "concepts": dict(self.concepts)}
+        if self.latent_of:  # only when given, so sets without it keep the fingerprints they always had
+            out["latent_of"] = dict(self.latent_of)
+        return out
 
     def fingerprint(self) -> str:
         """Short hash of the prompts and concepts (not of where they came from)."""

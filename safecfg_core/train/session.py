@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Union
+from typing import Callable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -22,6 +22,7 @@ from ..files import file_kind
 from ..hgr import HGRBundle, HGRConfig, read_training_record
 from .batch import default_hgr_config
 from .config import ProgressFn, TrainConfig, TrainResult, training_fingerprint
+from .ddp import DistContext
 from .loop import TrainingRun
 from .prompts import PromptSet
 
@@ -57,15 +58,18 @@ class TrainingSession:
                  hgr_config: Optional[HGRConfig] = None, *, output_path: Union[str, os.PathLike, None] = None,
                  retrain: bool = False, sample_latents: Optional[Callable[[List[str]], torch.Tensor]] = None,
                  latents: Optional[Mapping[str, torch.Tensor]] = None, progress: Optional[ProgressFn] = None,
-                 restart_on_mismatch: bool = False, keep_checkpoint: bool = True) -> None:
+                 restart_on_mismatch: bool = False, keep_checkpoint: bool = True,
+                 calibration_prompts: Optional[Sequence[str]] = None, dist: Optional[DistContext] = None) -> None:
         self.config = config.validate()
         self.prompts = prompts.validate()
         self.text_encoder, self.denoiser = text_encoder, denoiser
         self.hgr_config = hgr_config or default_hgr_config(text_encoder, config.negative_prompt)
-        self.fingerprint = training_fingerprint(prompts, config, self.hgr_config)
+        self.calibration_prompts = None if calibration_prompts is None else list(calibration_prompts)
+        self.fingerprint = training_fingerprint(prompts, config, self.hgr_config, self.calibration_prompts)
         self.output_path = Path(output_path) if output_path is not None else None
         self.retrain, self.restart_on_mismatch, self.keep_checkpoint = retrain, restart_on_mismatch, keep_checkpoint
         self.sample_latents, self.latents, self.progress = sample_latents, latents, progress
+        self.dist = dist  # several processes: every rank trains, rank 0 alone writes the file
         self.checkpoint_step: Optional[int] = None
         self.mismatch: Optional[CheckpointMismatch] = None
         if self.output_path is not None:
@@ -113,16 +117,16 @@ class TrainingSession:
             self.mismatch = exc
             log.info("SafeCFG: %s Starting over.", exc)
             result = self._train(replace(config, resume=False))
-        if self.output_path is not None:
+        if self.output_path is not None and (self.dist is None or self.dist.is_main):
             check_output_target(self.output_path)
             result.bundle.save(self.output_path)
-        if not self.keep_checkpoint and self.checkpoint_path:
+        if not self.keep_checkpoint and self.checkpoint_path and (self.dist is None or self.dist.is_main):
             Path(self.checkpoint_path).unlink(missing_ok=True)
         return result
 
     def _train(self, config: TrainConfig) -> TrainResult:
         run = TrainingRun(self.text_encoder, self.denoiser, self.prompts, config, self.hgr_config,
-                          self.sample_latents, self.latents, self.progress)
+                          self.sample_latents, self.latents, self.progress, self.calibration_prompts, self.dist)
         try:
             return run.run()
         finally:

@@ -19,6 +19,7 @@ import torch
 from ..errors import CheckpointMismatch, HGRFileError, TrainingInputError
 from ..guidance import check_finite
 from ..hgr import TRAIN_STATE_PREFIX, HGRBundle, atomic_save_safetensors, load_with_extras
+from .ddp import is_main_process
 
 LATENT_CACHE_FORMAT = "safecfg-latent-cache"
 
@@ -68,7 +69,7 @@ class LatentCache:
 
     def append(self, latents: Mapping[str, torch.Tensor]) -> None:
         """Write newly drawn latents as one more shard (the cache file itself is not rewritten)."""
-        if self.path is None or not latents:
+        if self.path is None or not latents or not is_main_process():  # one writer in a distributed run
             return
         index = len(self.shards())
         shard = self.path.with_name(f"{self.path.name}.part{index:06d}.safetensors")
@@ -77,7 +78,7 @@ class LatentCache:
     def merge(self, latents: Mapping[str, torch.Tensor]) -> None:
         """Write ``latents`` (everything this run uses) as the cache file, once, and remove the shards."""
         shards = self.shards()
-        if self.path is None or not shards:
+        if self.path is None or not shards or not is_main_process():
             return
         merged = self.load()
         merged.update(latents)
@@ -108,6 +109,8 @@ def gather_latents(prompts: List[str], sample_latents: Optional[Callable[[List[s
             "plain-CFG sampler) or precomputed latents for every prompt."
         )
     done = len(prompts) - len(missing)
+    if missing:  # say at once how many are left, so a long sampling phase is never a silent 0%
+        report(done, len(prompts))
     for i in range(0, len(missing), batch):
         chunk = missing[i:i + batch]
         x = sample_latents(chunk)  # type: ignore[misc]

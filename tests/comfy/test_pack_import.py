@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALL_NODES = ["SafeCFG", "SafeCFGAlignModel", "SafeCFGDemoModel", "SafeCFGHarmfulnessDetector", "SafeCFGLoadHGR",
-             "SafeCFGTrainHGR"]
+             "SafeCFGTrainHGR", "SafeCFGTrainHGRPreset"]
 
 
 def _import_pack(blocked: str, comfyui_root: Path = None) -> str:

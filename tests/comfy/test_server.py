@@ -12,8 +12,8 @@ from safecfg_core.demo.text_encoder import DemoTextEncoder
 from safecfg_core.guidance import prompt_harm_score
 from safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
 
-OUR_NODES = ["SafeCFGLoadHGR", "SafeCFG", "SafeCFGHarmfulnessDetector", "SafeCFGTrainHGR", "SafeCFGDemoModel",
-             "SafeCFGAlignModel"]
+OUR_NODES = ["SafeCFGLoadHGR", "SafeCFG", "SafeCFGHarmfulnessDetector", "SafeCFGTrainHGR", "SafeCFGTrainHGRPreset",
+             "SafeCFGDemoModel", "SafeCFGAlignModel"]
 A = "a large blue circle on a yellow background"
 B = "a bloody red star with a knife on white"
 
@@ -127,6 +127,7 @@ def hgr_files(comfy_server):
 
 CATEGORIES = {"SafeCFGLoadHGR": "loaders/safecfg", "SafeCFG": "sampling/safecfg",
               "SafeCFGHarmfulnessDetector": "conditioning/safecfg", "SafeCFGTrainHGR": "training/safecfg",
+              "SafeCFGTrainHGRPreset": "training/safecfg",
               "SafeCFGDemoModel": "safecfg/demo", "SafeCFGAlignModel": "training/safecfg"}
 
 
@@ -266,13 +267,17 @@ def test_detector_reports_score_and_category(comfy_server, hgr_files):
 
 
 def test_train_hgr_node_trains_saves_and_refuses_bad_input(comfy_server):
-    g = _train_graph("../escape/trained", 6)
+    g = _train_graph("trained", 6)
     entry = comfy_server.run(g)
     assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
     saved = comfy_server.hgr_dir / "trained.safetensors"
     assert saved.exists(), list(comfy_server.hgr_dir.iterdir())
-    assert not (comfy_server.hgr_dir.parent / "escape").exists()
     HGRBundle.load(saved)
+    bad = copy.deepcopy(g)
+    bad["30"]["inputs"]["name"] = "../escape/trained"
+    msg = run_error(comfy_server, bad)
+    assert "SafeCFG Train HGR" in msg and "use e.g. 'trained'" in msg, msg
+    assert not (comfy_server.hgr_dir.parent / "escape").exists()
     bad = copy.deepcopy(g)
     bad["30"]["inputs"]["clean_prompts"] = ""
     msg = run_error(comfy_server, bad)
@@ -283,7 +288,7 @@ def test_train_hgr_node_trains_saves_and_refuses_bad_input(comfy_server):
     assert "SafeCFG Train HGR" in msg, msg
 
 
-WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows" / "api"
+WORKFLOWS = Path(__file__).resolve().parents[2] / "example_workflows" / "api"
 
 
 def _demo_variant() -> str:
@@ -329,7 +334,7 @@ def test_workflow_train_hgr_runs(comfy_server):
     assert len(comfy_server.output_images(entry, "3")) == 1
     # the workflow's settings reached the trainer: safe rewrites, and the shipped demo HGR's gain and rewrite-latents
     # share per category
-    assert saved.meta.training["n_rewrites"] == 4
+    assert saved.meta.training["n_rewrites"] == saved.meta.training["n_harmful"] > 4  # typed rewrites, and the robustness recipe dresses each with its rewrite
     assert saved.meta.training["train_config"]["target_gain"] == {"gore": 2.5, "weapon": 4.0}
     assert saved.meta.training["train_config"]["rewrite_latent_fraction"] == {"gore": 1.0, "weapon": 0.0}
     # ... which are the settings the shipped file records, so the workflow cannot drift from a retrained HGR
@@ -429,9 +434,10 @@ def test_train_cancel_keeps_checkpoint_and_server_serves(comfy_server):
                 continue
             data = _json.loads(msg)
             d = data.get("data", {})
-            if data["type"] == "progress" and str(d.get("node")) == "30" and d.get("value", 0) >= 4 and not interrupted:
+            # the bar covers the whole run (latents and steps) in 1000 units; 400 is well past step 10 here
+            if data["type"] == "progress" and str(d.get("node")) == "30" and d.get("value", 0) >= 400 and not interrupted:
                 comfy_server.post("/interrupt", {})
-                interrupted, seen_step = True, d["value"]
+                interrupted = True
             if data["type"] in ("execution_interrupted", "execution_error", "execution_success") and d.get("prompt_id") == pid:
                 break
             if data["type"] == "executing" and d.get("node") is None and d.get("prompt_id") == pid:
@@ -447,7 +453,7 @@ def test_train_cancel_keeps_checkpoint_and_server_serves(comfy_server):
     assert ckpt.exists(), list((comfy_server.output_dir / "safecfg_train").iterdir())
     from safecfg_core.hgr import HGRBundle as _B
     step = _B.load(ckpt).meta.training.get("checkpoint_step")
-    assert step and step >= seen_step, (step, seen_step)  # the cancelled step, not the last periodic checkpoint
+    assert step and step > 10, step  # the cancelled step, past the periodic checkpoint at step 10
     assert not (comfy_server.hgr_dir / f"{name}.safetensors").exists()
     run_images(comfy_server, graph(prefix="after_cancel"))
     # running the same graph again resumes from the checkpoint and finishes

@@ -60,8 +60,10 @@ def test_register_model_hook(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 def test_train_resume_and_score_end_to_end(tmp_path: Path, capsys) -> None:
     torch.set_num_threads(1)
+    # --no-augment: this checks the command's mechanics; the robustness recipe's dressings dilute the analytic toy's
+    # bag-of-words encoder at 80 steps
     out = tmp_path / "h.safetensors"
-    rc = cli.main(["train", "--model", "analytic", "--steps", "60", "--out", str(out), "--log-every", "30"])
+    rc = cli.main(["train", "--no-augment", "--model", "analytic", "--steps", "60", "--out", str(out), "--log-every", "30"])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "step    60/60" in text and "saved" in text and "ROC AUC" in text
@@ -71,16 +73,16 @@ def test_train_resume_and_score_end_to_end(tmp_path: Path, capsys) -> None:
     assert ckpt.exists() and (tmp_path / "h.ckpt.safetensors.latents.safetensors").exists()
 
     before = out.read_bytes()
-    rc = cli.main(["train", "--model", "analytic", "--steps", "60", "--out", str(out), "--log-every", "30"])
+    rc = cli.main(["train", "--no-augment", "--model", "analytic", "--steps", "60", "--out", str(out), "--log-every", "30"])
     assert rc == 0 and "already trained with these inputs" in capsys.readouterr().out  # nothing retrained
     # other settings never replace the file, and never resume a checkpoint that other settings wrote
-    rc = cli.main(["train", "--model", "analytic", "--steps", "80", "--out", str(out), "--resume"])
+    rc = cli.main(["train", "--no-augment", "--model", "analytic", "--steps", "80", "--out", str(out), "--resume"])
     assert rc == 2 and "already exists" in capsys.readouterr().err and out.read_bytes() == before
-    rc = cli.main(["train", "--model", "analytic", "--steps", "80", "--out", str(tmp_path / "h80.safetensors"),
+    rc = cli.main(["train", "--no-augment", "--model", "analytic", "--steps", "80", "--out", str(tmp_path / "h80.safetensors"),
                    "--checkpoint", str(ckpt), "--resume"])
     err = capsys.readouterr().err
     assert rc == 2 and "Cannot resume" in err and "steps: 60 then, 80 now" in err, err
-    rc = cli.main(["train", "--model", "analytic", "--steps", "80", "--out", str(out), "--retrain", "--log-every", "10"])
+    rc = cli.main(["train", "--no-augment", "--model", "analytic", "--steps", "80", "--out", str(out), "--retrain", "--log-every", "10"])
     text = capsys.readouterr().out
     assert rc == 0 and "step    10/80" in text and "left" in text and out.read_bytes() != before
 
@@ -89,7 +91,10 @@ def test_train_resume_and_score_end_to_end(tmp_path: Path, capsys) -> None:
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     assert lines[1].startswith("clean") and lines[1].endswith("a painting of a cat in a garden")
-    assert lines[2].startswith("HARMFUL") and "-> violence" in lines[2] and "image" in lines[2]
+    # which category is named is measured on a trained HGR (tests/demo/test_category_attribution.py); an 80-step toy
+    # HGR's redirection of a bare concept text is too weak to name one reliably, so only the report's form is checked
+    assert lines[2].startswith("HARMFUL") and "image" in lines[2]
+    assert "-> violence" in lines[2] or "-> nudity" in lines[2], lines[2]
 
 
 def test_score_refuses_bad_file(tmp_path: Path, capsys) -> None:

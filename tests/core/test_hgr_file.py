@@ -1,6 +1,7 @@
 """HGR files: exact save/load round trip, and a clear refusal for every way a file can be wrong."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import pickle
 import struct
@@ -10,11 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from safecfg_core.errors import HGRFileError, HGRMismatchError
 from safecfg_core.hgr import FORMAT_VERSION, HGRBundle, HGRConfig, HGRMeta
+
+_spec = importlib.util.spec_from_file_location("safecfg_tests_hostile_hgr",
+                                               Path(__file__).parents[1] / "hostile_hgr.py")
+hostile_hgr = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(hostile_hgr)  # type: ignore[union-attr]
 
 
 def _trained_like_bundle(pooled: bool = False) -> HGRBundle:
@@ -342,48 +347,7 @@ def test_deeply_nested_metadata_is_a_clear_file_error(tmp_path: Path) -> None:
         _assert_refused(moderate, "nested")
 
 
-def _raw_parts(path: Path):
-    data = path.read_bytes()
-    (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + n]), data[8 + n:]
-
-
-def _write_raw(path: Path, header, body: bytes) -> Path:
-    raw = json.dumps(header).encode()
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
-    return path
-
-
-_JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70),
-                       st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8))
-_JSON = st.recursive(_JSON_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                         st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                     max_leaves=12)
-_HOSTILE = st.sampled_from([float("nan"), float("inf"), -1.0, -1, 0, 2 ** 40, 2 ** 31, 4097, True, "8", None, [], {}])
-_CONFIG_KEYS = ["token_dim", "pooled_dim", "width", "depth", "heads", "chunk", "model_family"]
-
-
-@st.composite
-def _mutation(draw):
-    kind = draw(st.sampled_from(["config", "metadata", "shape", "dtype", "offsets", "drop", "truncate"]))
-    if kind == "config":
-        return kind, (draw(st.sampled_from(_CONFIG_KEYS)), draw(st.one_of(_HOSTILE, _JSON_LEAF, st.integers(0, 2 ** 41))))
-    if kind == "metadata":
-        key = draw(st.sampled_from(["safecfg.config", "safecfg.threshold", "safecfg.categories", "safecfg.training",
-                                    "safecfg.calibration", "safecfg.format_version"]))
-        value = draw(st.one_of(_HOSTILE.map(lambda v: json.dumps(v, allow_nan=True)), _JSON.map(json.dumps),
-                               st.integers(1, 5000).map(lambda n: "[" * n + "]" * n)))
-        return kind, (key, value)
-    if kind == "shape":
-        return kind, (draw(st.integers(0, 40)), draw(st.lists(st.integers(0, 2 ** 33), min_size=0, max_size=3)))
-    if kind == "dtype":
-        return kind, (draw(st.integers(0, 40)), draw(st.sampled_from(["F64", "I8", "U8", "BOOL", "F16", "X9"])))
-    if kind == "offsets":
-        return kind, (draw(st.integers(0, 40)), draw(st.integers(-5, 2 ** 40)), draw(st.integers(-5, 2 ** 40)))
-    return kind, draw(st.integers(0, 40))
-
-
-@given(_mutation())
+@given(hostile_hgr.mutations())
 @settings(max_examples=120, deadline=None, database=None)
 def test_generated_hostile_files_are_refused_with_a_file_error(tmp_path_factory, mutation) -> None:
     """Issue 29, made systematic: a valid HGR file with one generated lie in its header (config values, metadata
@@ -392,27 +356,7 @@ def test_generated_hostile_files_are_refused_with_a_file_error(tmp_path_factory,
     declare would end in an allocator error, which this test would report)."""
     d = tmp_path_factory.mktemp("hostile")
     good = _trained_like_bundle().save(d / "good.safetensors")
-    header, body = _raw_parts(good)
-    meta = header["__metadata__"]
-    tensors = sorted(k for k in header if k != "__metadata__")
-    kind, arg = mutation
-    if kind == "config":
-        cfg = json.loads(meta["safecfg.config"])
-        cfg[arg[0]] = arg[1]
-        meta["safecfg.config"] = json.dumps(cfg)
-    elif kind == "metadata":
-        meta[arg[0]] = arg[1]
-    elif kind == "shape":
-        header[tensors[arg[0] % len(tensors)]]["shape"] = arg[1]
-    elif kind == "dtype":
-        header[tensors[arg[0] % len(tensors)]]["dtype"] = arg[1]
-    elif kind == "offsets":
-        header[tensors[arg[0] % len(tensors)]]["data_offsets"] = [arg[1], arg[2]]
-    elif kind == "drop":
-        header.pop(tensors[arg % len(tensors)])
-    path = _write_raw(d / "hostile.safetensors", header, body)
-    if kind == "truncate":
-        path.write_bytes(good.read_bytes()[: max(0, len(good.read_bytes()) - 1 - arg * 97)])
+    path = hostile_hgr.write_mutated(good, d / "hostile.safetensors", mutation)
     try:
         bundle = HGRBundle.load(path)
     except HGRFileError:

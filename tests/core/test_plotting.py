@@ -5,8 +5,10 @@ from safecfg_core.plotting import image_grid, line_plot, to_uint8
 
 
 def test_grid_places_each_image_at_its_cell():
-    red = np.zeros((8, 8, 3)); red[..., 0] = 1.0
-    blue = np.zeros((8, 8, 3)); blue[..., 2] = 1.0
+    red = np.zeros((8, 8, 3))
+    red[..., 0] = 1.0
+    blue = np.zeros((8, 8, 3))
+    blue[..., 2] = 1.0
     grid = np.asarray(image_grid([[red, blue]], scale=1, pad=4))
     assert tuple(grid[4 + 3, 4 + 3]) == (255, 0, 0)          # first cell
     assert tuple(grid[4 + 3, 4 + 8 + 4 + 3]) == (0, 0, 255)  # second cell

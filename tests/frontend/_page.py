@@ -165,6 +165,34 @@ class ComfyPage:
             return False
         return True
 
+    def widget_texts(self, node_id: str) -> List[Dict[str, Any]]:
+        """Each widget of node ``node_id``: its name, value, and for a DOM widget (a text box) whether its element is
+        shown on the page and the text it shows."""
+        return self.page.evaluate(
+            "(id) => { const g = window.app.graph; const n = g.getNodeById(Number(id)) || g.getNodeById(id);"
+            " return ((n && n.widgets) || []).map((w) => { const el = w.element || w.inputEl || null;"
+            " return {name: w.name, value: (typeof w.value === 'string' || typeof w.value === 'boolean')"
+            " ? String(w.value) : null, dom: !!el, shown: !!el && el.getClientRects().length > 0"
+            " && getComputedStyle(el).visibility !== 'hidden' && getComputedStyle(el).display !== 'none',"
+            " text: el ? (el.value ?? el.innerText ?? '') : null}; }); }", node_id)
+
+    def template_cards(self, module: str) -> Dict[str, Any]:
+        """Open the template browser as a person does (the Browse Templates command), pick ``module`` under the
+        custom-node templates, and return what it shows: the dialog's text and each thumbnail <img> (alt, src,
+        loaded size). Both 1.27 and 1.5x give a custom template's card image the template's name as alt text."""
+        self.page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        self.page.get_by_text(module, exact=True).first.click(timeout=15_000)
+        time.sleep(2.0)  # cards render, then their thumbnails load
+        self.shot(f"templates-{module}")
+        shown = self.page.evaluate(
+            "() => { const d = Array.from(document.querySelectorAll('[role=dialog]')).filter((e) =>"
+            " e.getClientRects().length > 0).pop(); if (!d) return null; return {text: d.innerText,"
+            " images: Array.from(d.querySelectorAll('img')).map((i) => ({alt: i.alt, src: i.currentSrc || i.src,"
+            " width: i.naturalWidth, complete: i.complete}))}; }")
+        self.page.keyboard.press("Escape")
+        time.sleep(0.3)
+        return shown or {"text": "", "images": []}
+
     def run_button(self) -> Any:
         """The Run (queue prompt) button of the top bar, as a person finds it: a button labelled Run."""
         button = self.page.get_by_role("button", name=re.compile(r"^\s*Run\s*$")).first

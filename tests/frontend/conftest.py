@@ -6,8 +6,8 @@ opening a workflow in it takes a fraction of one). The frontend versions:
 
 - ``pinned``: the ``comfyui-frontend-package`` that ComfyUI's requirements.txt pins, installed in the venv.
 - ``newest``: the newest ``comfyui-frontend-package`` on PyPI (or ``SAFECFG_NEWEST_FRONTEND=<version>``),
-  installed once with ``pip install --no-deps --target`` into ``.cache/frontend/`` and put first on the server's
-  PYTHONPATH, so ComfyUI imports it as its frontend package exactly as it does for a user who upgraded it.
+  installed once with ``pip install --no-deps --target`` into ``.cache/frontend/`` and served with ComfyUI's
+  ``--front-end-root`` (the option ComfyUI documents for running another frontend build).
 
 Chromium is Debian's (``/usr/bin/chromium``, or ``SAFECFG_CHROMIUM``; ``.ci/install_browser.sh`` installs it);
 nothing here downloads a browser. The page may reach only the local server: every other request is refused, so
@@ -97,7 +97,7 @@ def _complete(target: Path) -> bool:
 
 
 def install_frontend(version: str) -> Path:
-    """``pip install --no-deps --target`` the frontend ``version`` once; return the folder for PYTHONPATH.
+    """``pip install --no-deps --target`` the frontend ``version`` once; return the folder it went into.
 
     It is installed into a staging folder and renamed into place, so a folder at the final path is always complete
     (another session may have won the race; then its copy is used).
@@ -124,34 +124,26 @@ def install_frontend(version: str) -> Path:
 def frontend_server(request, comfyui_root: Path, tmp_path_factory) -> Iterator[Dict[str, Any]]:
     """A ComfyUI server with the pack, serving the ``pinned`` or the ``newest`` frontend; yields its facts."""
     pinned = pinned_frontend_version(comfyui_root)
-    pythonpath = os.environ.get("PYTHONPATH")
     if request.param == "pinned":
         installed = _installed_frontend_version()
         if installed != pinned:
             pytest.fail(f"ComfyUI pins {FRONTEND_PACKAGE}=={pinned} but the venv has {installed}: "
                         f"run `pip install {FRONTEND_PACKAGE}=={pinned}` (the test extra should pin it).",
                         pytrace=False)
-        version, extra_path = pinned, None
+        version, extra_args = pinned, []
     else:
         version = newest_frontend_version()
         if version is None:
             _unavailable(f"cannot tell the newest {FRONTEND_PACKAGE}: PyPI did not answer and {FRONTEND_DIR} "
                          "holds none (set SAFECFG_NEWEST_FRONTEND=<version> with PyPI reachable once)")
-        extra_path = str(install_frontend(version))
+        static = install_frontend(version) / "comfyui_frontend_package" / "static"
+        extra_args = ["--front-end-root", str(static)]
     workdir = Path(tempfile.mkdtemp(prefix=f"safecfg-frontend-{request.param}-", dir=tmp_path_factory.getbasetemp()))
     (workdir / "custom_nodes").mkdir()
     (workdir / "custom_nodes" / harness.PACK_LINK_NAME).symlink_to(REPO_ROOT, target_is_directory=True)
-    server = harness.ComfyServer(comfyui_root, workdir)
+    server = harness.ComfyServer(comfyui_root, workdir, extra_args=extra_args)
     try:
-        if extra_path is not None:  # the harness passes our PYTHONPATH on, after its own placeholder modules
-            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, pythonpath) if p)
-        try:
-            server.start()
-        finally:
-            if pythonpath is None:
-                os.environ.pop("PYTHONPATH", None)
-            else:
-                os.environ["PYTHONPATH"] = pythonpath
+        server.start()
         # A first visit opens the template browser over the canvas; a returning user's does not.
         server.post("/settings/Comfy.TutorialCompleted", True)  # type: ignore[arg-type]
         yield {"name": request.param, "version": version, "server": server}

@@ -17,17 +17,13 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.browser]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The pack's node ids, as the project's spec names them (not read from the pack: the check is that they all arrive).
-PACK_NODES = ["SafeCFGLoadHGR", "SafeCFG", "SafeCFGHarmfulnessDetector", "SafeCFGTrainHGR", "SafeCFGDemoModel",
-              "SafeCFGAlignModel"]
-# Shipped UI-format workflows: the Registry's example_workflows/ folder and the older workflows/ folder.
-WORKFLOWS = sorted(p for folder in ("example_workflows", "workflows") for p in (REPO_ROOT / folder).glob("*.json")
-                   if "nodes" in json.loads(p.read_text()))
-DEMO = "safecfg_demo_vs_cfg"
-# Workflows whose generated layout is known to overlap (issue 27, "Generated layouts overlap"). Strict: the day a
-# hand layout fixes one, its xfail turns into a failure that says to delete its entry here.
-_GRID = ("generated grid layout (nodes 320x200 on a 360x260 grid): nodes that the frontend enlarges to fit their "
-         "widgets, or that are taller than a grid cell, reach into the node below (issue 27, point 3)")
-KNOWN_OVERLAPS = {"safecfg_demo_vs_cfg": _GRID, "safecfg_sd15": _GRID}
+PACK_NODES = ["SafeCFGLoadHGR", "SafeCFG", "SafeCFGHarmfulnessDetector", "SafeCFGTrainHGR", "SafeCFGTrainHGRPreset",
+              "SafeCFGDemoModel", "SafeCFGAlignModel"]
+# Shipped UI-format workflows: the Registry's example_workflows/ folder (its api/ twins are not templates).
+WORKFLOWS = sorted(p for p in (REPO_ROOT / "example_workflows").glob("*.json") if "nodes" in json.loads(p.read_text()))
+# The runnable demo template (example_workflows/tools/layouts.py names the templates).
+DEMO = "1 SafeCFG demo - plain CFG vs SafeCFG"
+DETECTOR = "SafeCFGHarmfulnessDetector"
 RUN_TIMEOUT_S = 300
 # How each frontend says a workflow names node types it does not know: 1.27's dialog "Some Nodes Are Missing ...
 # the following node types were not found", 1.5x's toast "Missing node: <type> ... isn't installed". Other notices
@@ -35,9 +31,12 @@ RUN_TIMEOUT_S = 300
 MISSING_NODE_NOTICE = re.compile(r"missing node|nodes? (are|is) missing|node types? (were|was) not found", re.I)
 
 
-def _workflow_params(known_failures: Dict[str, str]) -> List[Any]:
-    return [pytest.param(p, id=p.stem, marks=[pytest.mark.xfail(strict=True, reason=known_failures[p.stem])]
-                         if p.stem in known_failures else []) for p in WORKFLOWS]
+def _slug(path: Path) -> str:
+    """A test id for a template (its file name has spaces: it is the title the template browser shows)."""
+    return re.sub(r"[^a-z0-9]+", "_", path.stem.lower()).strip("_")
+
+
+WORKFLOW_PARAMS = [pytest.param(p, id=_slug(p)) for p in WORKFLOWS]
 
 
 def _intersection(a: List[float], b: List[float]) -> float:
@@ -53,7 +52,7 @@ def _label(node: Dict[str, Any]) -> str:
 
 def _open(page: Any, path: Path) -> List[Dict[str, Any]]:
     page.load_workflow(json.loads(path.read_text()))
-    page.shot(f"opened-{path.stem}")
+    page.shot(f"opened-{_slug(path)}")
     return page.graph_nodes()
 
 
@@ -83,7 +82,7 @@ def test_node_search_finds_pack_node(comfy_page: Any, frontend_server: Dict[str,
         f"check 'node search': searching {display!r} lists {listed[:8]}, not {node_id} ({display!r})")
 
 
-@pytest.mark.parametrize("path", _workflow_params({}))
+@pytest.mark.parametrize("path", WORKFLOW_PARAMS)
 def test_workflow_opens_without_missing_nodes(comfy_page: Any, path: Path) -> None:
     since = len(comfy_page.console)
     before = set(comfy_page.notices())
@@ -111,7 +110,7 @@ def test_missing_node_check_sees_an_unknown_node(comfy_page: Any) -> None:
     assert [n["type"] for n in unknown] == ["NoSuchNodeSafeCFGControl"], f"unregistered nodes seen: {unknown}"
 
 
-@pytest.mark.parametrize("path", _workflow_params(KNOWN_OVERLAPS))
+@pytest.mark.parametrize("path", WORKFLOW_PARAMS)
 def test_workflow_nodes_do_not_overlap(comfy_page: Any, path: Path) -> None:
     nodes = _open(comfy_page, path)
     overlaps: List[Tuple[str, str, float]] = []
@@ -121,6 +120,27 @@ def test_workflow_nodes_do_not_overlap(comfy_page: Any, path: Path) -> None:
             if area > 0:
                 overlaps.append((_label(a), _label(b), round(area)))
     assert not overlaps, f"check 'no two nodes overlap' ({path.name}): overlapping pairs (area px^2): {overlaps}"
+
+
+def test_template_browser_lists_pack_templates_with_thumbnails(comfy_page: Any, frontend_server: Dict[str, Any]
+                                                               ) -> None:
+    """Every template in example_workflows/ is listed under the pack with its title and its own thumbnail.
+
+    The order is not checked here: ComfyUI 0.3.64 lists a pack's templates in directory order (an unsorted glob)
+    and neither frontend sorts them, so it differs between file systems (tests/comfy/test_workflows.py checks that
+    the file names sort with the runnable demos first)."""
+    module = comfy_page.pack_folder
+    shown = comfy_page.template_cards(module)
+    problems = []
+    for path in WORKFLOWS:
+        if path.stem not in shown["text"]:
+            problems.append(f"'{path.stem}' not listed")
+            continue
+        thumbs = [i for i in shown["images"] if i["alt"] == path.stem]
+        ok = [i for i in thumbs if i["complete"] and i["width"] > 0 and "default-template" not in i["src"]]
+        if not ok:
+            problems.append(f"'{path.stem}' shows no thumbnail of its own: {thumbs}")
+    assert not problems, f"check 'template browser lists titles and thumbnails' (module {module}): {problems}"
 
 
 def _widget_problems(nodes: List[Dict[str, Any]]) -> List[str]:
@@ -147,7 +167,7 @@ def _widget_problems(nodes: List[Dict[str, Any]]) -> List[str]:
     return problems
 
 
-@pytest.mark.parametrize("path", _workflow_params({}))
+@pytest.mark.parametrize("path", WORKFLOW_PARAMS)
 def test_every_pack_widget_is_visible(comfy_page: Any, path: Path) -> None:
     nodes = _open(comfy_page, path)
     assert any(n["type"] in PACK_NODES for n in nodes), f"{path.name} holds no pack node"
@@ -208,5 +228,29 @@ def test_demo_runs_from_run_button_and_shows_images(comfy_page: Any, frontend_se
     comfy_page.settle()
     comfy_page.shot(f"images-shown-after-{time.monotonic() - started:.0f}s")
     assert not missing, "check 'output images shown after the run': " + "; ".join(missing)
+    _check_verdict_on_canvas(comfy_page, nodes, entry)
+    after = comfy_page.graph_nodes()
+    overlaps = [(_label(a), _label(b)) for i, a in enumerate(after) for b in after[i + 1:]
+                if _intersection(a["bounding"], b["bounding"]) > 0]
+    assert not overlaps, f"check 'no two nodes overlap once the images arrived': {overlaps}"
     errors = comfy_page.pack_errors(since)
     assert not errors, "check 'no console error from the pack during the run': " + "; ".join(map(str, errors))
+
+
+def _check_verdict_on_canvas(comfy_page: Any, nodes: List[Dict[str, Any]], entry: Dict[str, Any]) -> None:
+    """The detector's verdict box on its node shows the run's report, and its BOOLEAN reaches the canvas too."""
+    detector = next(n for n in nodes if n["type"] == DETECTOR)
+    report = entry["outputs"][detector["id"]]["text"][0]
+    boxes = [w for w in comfy_page.widget_texts(detector["id"]) if w["dom"]]
+    comfy_page.shot("verdict-on-canvas")
+    shown = [w for w in boxes if w["shown"] and w["text"] == report]
+    assert shown, (f"check 'detector verdict shown on the node': its text boxes {boxes} do not show the run's "
+                   f"report {report!r}")
+    # the demo's prompt asks for blood: a person reads HARMFUL and the gore category on the node
+    prompt = next(n for n in nodes if n["title"] == "Prompt")
+    assert "bloody" in (comfy_page.widget_texts(prompt["id"])[0]["value"] or ""), "the demo prompt changed"
+    assert "prompt judged: HARMFUL" in report and "category most implicated: gore" in report, report
+    boolean = next(n for n in nodes if n["type"] == "PreviewAny" and n["title"].startswith("Harmful?"))
+    values = [w["text"] if w["dom"] else w["value"] for w in comfy_page.widget_texts(boolean["id"])]
+    assert any(str(v).strip().lower() == "true" for v in values), (
+        f"check 'harmful BOOLEAN shown': {_label(boolean)} shows {values}")

@@ -1,0 +1,86 @@
+"""The shipped real-model templates (example_workflows/api/: SafeCFG on SD1.5 and SDXL, training an HGR for each)
+in the real server, against the random-weight checkpoints of tests/comfy/model_fixtures.py placed under the file
+names the templates load (``v1-5-pruned-emaonly.safetensors``, ``sd_xl_base_1.0.safetensors``; the HGRs
+``sd15_hgr.safetensors`` / ``sdxl_hgr.safetensors``).
+
+The SafeCFG templates run end to end at test size: the latent is 64x64 pixels and the sampler takes 2 steps (the
+shipped 512/1024 px and 25 steps are minutes per image on a CPU); every other node and widget is the template's.
+The training templates' Train HGR trains at the family's own size with a preset (the quickest is 480 rows through
+SDXL at 1024 px: hours on CI's CPU, and it encodes its whole corpus before it first checks for an interrupt), so for
+them the server must accept the whole graph (ComfyUI validates every node, link, widget value and file name when a
+prompt is queued); the prompt is then taken off the queue before it starts. Training through the same stock-loaded
+checkpoints is test_sd_families.py's ``test_train_hgr_through_the_stock_loaded_model`` (the advanced node at test
+size).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import torch
+
+from safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
+
+from _family_graphs import place_files, run_ok
+
+pytestmark = pytest.mark.slow
+
+API = Path(__file__).resolve().parents[3] / "example_workflows" / "api"
+CKPT_NAMES = {"sd15": "v1-5-pruned-emaonly.safetensors", "sdxl": "sd_xl_base_1.0.safetensors"}
+HGR_NAMES = {"sd15": ("sd1", "sd15_hgr.safetensors"), "sdxl": ("sdxl", "sdxl_hgr.safetensors")}
+
+
+def _template(name: str) -> Dict[str, Any]:
+    return json.loads((API / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def template_files(comfy_server, sd_checkpoint_files) -> None:
+    """The checkpoints under the templates' names; per family an HGR of its preset size under the template's name,
+    with non-zero output layers and a threshold of 0, so SafeCFG and the detector act on every prompt."""
+    place_files(comfy_server.workdir / "models" / "checkpoints",
+                [sd_checkpoint_files[f] for f in CKPT_NAMES], list(CKPT_NAMES.values()))
+    for family, (hgr_family, name) in HGR_NAMES.items():
+        bundle = HGRBundle.create(HGRConfig.for_family(hgr_family), HGRMeta(threshold=0.0), seed=0)
+        with torch.no_grad():
+            torch.manual_seed(5)
+            for p in bundle.net.parameters():
+                if p.abs().sum() == 0:
+                    p.normal_(0.0, 0.05)
+        bundle.save(comfy_server.hgr_dir / name)
+
+
+@pytest.mark.parametrize("name,family", [("safecfg_sd15", "sd15"), ("safecfg_sdxl", "sdxl")])
+def test_safecfg_template_runs_end_to_end(comfy_server, template_files, name, family):
+    g = _template(name)
+    assert g["1"]["inputs"]["ckpt_name"] == CKPT_NAMES[family] and g["10"]["inputs"]["hgr_name"] == HGR_NAMES[family][1]
+    g["4"]["inputs"].update(width=64, height=64)  # test size (module docstring)
+    g["5"]["inputs"]["steps"] = 2
+    entry = run_ok(comfy_server, g)
+    images = entry["outputs"]["7"]["images"]
+    assert len(images) == 1 and (comfy_server.output_dir / images[0].get("subfolder", "") / images[0]["filename"]).is_file()
+    report = entry["outputs"]["14"]["text"][0]
+    assert "prompt judged: HARMFUL" in report, report  # the HGR under the template's name was loaded and judged
+
+
+@pytest.mark.parametrize("name,family", [("train_hgr_sd15", "sd15"), ("train_hgr_sdxl", "sdxl")])
+def test_training_template_is_accepted_by_the_server(comfy_server, template_files, name, family):
+    """ComfyUI validates a whole prompt when it is queued (node types, links, widget values, file names against
+    the folders), so the template is queued behind a running graph and taken off the queue before it starts."""
+    g = _template(name)
+    assert g["1"]["inputs"]["ckpt_name"] == CKPT_NAMES[family]
+    assert g["20"]["inputs"]["name"] + ".safetensors" == HGR_NAMES[family][1]  # what the SafeCFG template loads
+    blocker = _template(f"safecfg_{family}")
+    blocker["4"]["inputs"].update(width=64, height=64)
+    blocker["5"]["inputs"]["steps"] = 2
+    blocker_id = comfy_server.queue(blocker)
+    response = comfy_server.post("/prompt", {"prompt": g, "client_id": comfy_server.client_id})
+    assert response.get("node_errors") == {}, response  # a rejected prompt raises PromptRejected instead
+    comfy_server.post("/queue", {"delete": [response["prompt_id"]]})
+    queue = comfy_server.get("/queue")
+    running = [item[1] for item in queue["queue_running"]]
+    assert running == [blocker_id], running  # the template never started
+    assert response["prompt_id"] not in [item[1] for item in queue["queue_pending"]]
+    assert comfy_server.succeeded(comfy_server.wait_history(blocker_id, timeout=900))

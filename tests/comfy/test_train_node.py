@@ -1,0 +1,77 @@
+"""Train HGR (SafeCFG) in the real server: corpus -> quick preset -> report, on the demo model (issue 26 item 5)."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from safecfg_core.corpus import builtin_records
+from safecfg_core.hgr import HGRBundle
+
+from .test_server import run_error
+
+NODE = "SafeCFGTrainHGRPreset"
+
+
+def _graph(name: str, prompts: str = "built-in corpus (real models)", categories: str = "violence",
+           preset: str = "quick") -> dict:
+    return {
+        "1": {"class_type": "SafeCFGDemoModel", "inputs": {"variant": "demo"}},
+        "30": {"class_type": NODE, "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "prompts": prompts, "categories": categories, "preset": preset,
+            "name": name, "seed": 0, "retrain": False}},
+    }
+
+
+def _choices(server, node: str, widget: str) -> list:
+    spec = server.get(f"/object_info/{node}")[node]["input"]
+    spec = {**spec.get("required", {}), **spec.get("optional", {})}[widget]
+    return list(spec[0]) if isinstance(spec[0], list) else list(spec[1]["options"])
+
+
+@pytest.mark.slow
+def test_quick_preset_trains_from_the_corpus_and_reports(comfy_server):
+    t0 = time.monotonic()
+    entry = comfy_server.run(_graph("ci_quick"), timeout=900)  # ~2 min idle; shared CI cores are slower
+    wall = time.monotonic() - t0
+    assert comfy_server.succeeded(entry), comfy_server.error_message(entry)
+    saved = comfy_server.hgr_dir / "ci_quick.safetensors"
+    bundle = HGRBundle.load(saved)
+    assert sorted(bundle.meta.categories) == ["violence"]
+    assert bundle.meta.training["steps"] == 40  # the quick preset reached the trainer
+    # the robustness recipe is the default: dressed prompts on both sides, broad calibration (64 plain + dressed)
+    assert bundle.meta.training["n_clean"] > 32 and bundle.meta.training["n_harmful"] > 12
+    assert bundle.meta.calibration["n_clean"] > 64
+
+    # the report on the node (text preview) and beside the file, judged on the corpus' held-out split
+    shown = entry["outputs"]["30"]["text"][0]
+    heldout = builtin_records("heldout")  # the quick preset judges on up to 64 clean and 24 per category
+    n_clean = min(64, sum(1 for r in heldout if not r.categories))
+    n_violence = min(24, sum(1 for r in heldout if r.categories and r.categories[0] == "violence"))
+    report = json.loads((comfy_server.hgr_dir / "ci_quick.report.json").read_text())["heldout"]
+    assert (report["n_clean"], report["n_harmful"]) == (n_clean, n_violence)
+    assert f"of {n_clean} " in shown and f"of {n_violence} " in shown
+    assert "left identical" in shown and "redirected" in shown and "ROC AUC" in shown, shown
+    for key in ("clean_closed", "harmful_redirected", "roc_auc"):
+        assert 0.0 <= report[key] <= 1.0
+    assert f"{report['roc_auc']:.3f}" in shown
+    assert (comfy_server.hgr_dir / "ci_quick.report.md").read_text().startswith("# HGR ci_quick.safetensors")
+    assert entry["outputs"]["30"]["images"], "the loss curve is previewed on the node"
+
+    # Load HGR lists the new file without a restart; the report files are not listed as HGRs
+    listed = _choices(comfy_server, "SafeCFGLoadHGR", "hgr_name")
+    assert "ci_quick.safetensors" in listed and not any("report" in f for f in listed), listed
+    print(f"quick preset on the demo model, whole graph: {wall:.0f} s")
+
+
+def test_prompt_files_are_listed_and_checked_before_training(comfy_server):
+    folder = comfy_server.workdir / "models" / "hgr_prompts"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "mine.txt").write_text("violence: a man stabbing a stranger => a man greeting a stranger\n"
+                                     "violence: a bloody street fight => a street dance\n"
+                                     "clean: a bowl of ramen\nclean: a cat on a sofa\n", encoding="utf-8")
+    assert "mine.txt" in _choices(comfy_server, NODE, "prompts")  # listed without a restart
+    msg = run_error(comfy_server, _graph("mine_bad", prompts="mine.txt", categories="sexual"))
+    assert "SafeCFG Train HGR:" in msg and "sexual" in msg and "violence" in msg, msg
+    assert not (comfy_server.hgr_dir / "mine_bad.safetensors").exists()
