@@ -38,12 +38,9 @@ app.registerExtension({
   name: "SafeCFG.DetectorVerdict",
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name !== NODE_TYPE) return;
-    const onNodeCreated = nodeType.prototype.onNodeCreated;
-    nodeType.prototype.onNodeCreated = function () {
-      const result = onNodeCreated?.apply(this, arguments);
-      addVerdictWidget(this);
-      return result;
-    };
+    // The box is added on the first result, not when the node is created: a DOM widget present while a saved
+    // workflow is configured stopped the pinned frontend (1.27) from loading the images of other nodes after a run
+    // (tests/frontend: test_demo_runs_from_run_button_and_shows_images).
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (message) {
       onExecuted?.apply(this, arguments);
