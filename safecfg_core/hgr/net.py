@@ -68,7 +68,7 @@ class HGRConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"HGRConfig.{name} must be a positive integer, got {value!r}.")
-        if not isinstance(self.pooled_dim, int) or self.pooled_dim < 0:
+        if not isinstance(self.pooled_dim, int) or isinstance(self.pooled_dim, bool) or self.pooled_dim < 0:
             raise ValueError(f"HGRConfig.pooled_dim must be an integer >= 0 (0: no pooled vector), got {self.pooled_dim!r}.")
         if not isinstance(self.harm_head, int) or isinstance(self.harm_head, bool) or self.harm_head < 0:
             raise ValueError(f"HGRConfig.harm_head must be an integer >= 0 (0: no harm head), got {self.harm_head!r}.")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from safetensors.torch import save_file
 
 from safecfg_core.errors import HGRFileError, HGRMismatchError
@@ -348,6 +348,7 @@ def test_deeply_nested_metadata_is_a_clear_file_error(tmp_path: Path) -> None:
 
 
 @given(hostile_hgr.mutations())
+@example(("config", ("pooled_dim", True)))  # a JSON true is an int to Python; it once reached nn.LayerNorm(True)
 @settings(max_examples=120, deadline=None, database=None)
 def test_generated_hostile_files_are_refused_with_a_file_error(tmp_path_factory, mutation) -> None:
     """Issue 29, made systematic: a valid HGR file with one generated lie in its header (config values, metadata
