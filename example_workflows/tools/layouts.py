@@ -109,7 +109,7 @@ LAYOUTS: Dict[str, Layout] = {
     },
 }
 
-# The real-model family templates (FAM-A's family_layouts.py) import the colours and types above, so they are
+# The real-model family templates (family_layouts.py) import the colours and types above, so they are
 # merged in last.
 from family_layouts import FAMILY_LAYOUTS  # noqa: E402
 

@@ -46,7 +46,7 @@ VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels
 
 
 def _init_weights():
-    """FAM-B's seeded initialisation (tests/comfy/families/dit_build.py), shared so both fixture sets agree."""
+    """The DiT fixtures' seeded initialisation (tests/comfy/families/dit_build.py), shared so both fixture sets agree."""
     sys.path.insert(0, str(Path(__file__).resolve().parent / "families"))
     from dit_build import init_weights  # type: ignore
 
