@@ -207,7 +207,7 @@ NODE_SCRIPT = textwrap.dedent(r'''
 ''')
 
 
-def test_align_node_writes_a_sanitised_lora_and_returns_the_patched_model(comfyui_root):
+def test_align_node_writes_the_named_lora_and_returns_the_patched_model(comfyui_root):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     import importlib.util as iu
 
