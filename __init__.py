@@ -15,7 +15,8 @@ from typing import Any, Dict, List
 log = logging.getLogger("safecfg")
 
 WEB_DIRECTORY = "./web"
-"""Frontend extensions ComfyUI serves with the pack (web/safecfg_detector.js: the detector's verdict on its node)."""
+"""Frontend extensions ComfyUI serves with the pack (web/safecfg_detector.js: the detector's verdict on its node;
+web/safecfg_template_order.js: the pack's templates in name order, demo first)."""
 
 DISABLED_NODES: Dict[str, str] = {}
 """Node module -> why it could not be imported (for diagnostics and tests)."""

@@ -193,6 +193,11 @@ class ComfyPage:
         time.sleep(0.3)
         return shown or {"text": "", "images": []}
 
+    def workflow_templates(self) -> Dict[str, List[str]]:
+        """The custom nodes' templates as the frontend reads them (``api.getWorkflowTemplates()``, the one call through
+        which both 1.27 and 1.5x fetch /workflow_templates): custom-node folder -> template names, in listed order."""
+        return self.page.evaluate("async () => await window.comfyAPI.api.api.getWorkflowTemplates()")
+
     def run_button(self) -> Any:
         """The Run (queue prompt) button of the top bar, as a person finds it: a button labelled Run."""
         button = self.page.get_by_role("button", name=re.compile(r"^\s*Run\s*$")).first

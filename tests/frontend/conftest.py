@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -146,7 +146,7 @@ def frontend_server(request, comfyui_root: Path, tmp_path_factory) -> Iterator[D
         server.start()
         # A first visit opens the template browser over the canvas; a returning user's does not.
         server.post("/settings/Comfy.TutorialCompleted", True)  # type: ignore[arg-type]
-        yield {"name": request.param, "version": version, "server": server}
+        yield {"name": request.param, "version": version, "server": server, "pack_folder": harness.PACK_LINK_NAME}
     finally:
         server.stop()
 
@@ -169,31 +169,73 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-@pytest.fixture(scope="session")
-def _frontend_page(frontend_server: Dict[str, Any], browser: Any) -> Iterator[Any]:
-    """One page per frontend server, opened once; tests share it (each opens what it looks at)."""
-    server = frontend_server["server"]
+def _open_page(browser: Any, server: Any, shots_dir: Path, routes: Sequence[Tuple[Any, Callable]] = ()
+               ) -> Tuple[Any, Any]:
+    """A new browser context on ``server`` with the frontend loaded; returns (context, ComfyPage).
+
+    The page reaches only the server. ``routes`` are Playwright (url pattern, handler) pairs installed before the
+    frontend loads, so a handler can change a response the frontend reads once at start-up (Playwright runs the
+    last-registered matching route first)."""
     context = browser.new_context(viewport={"width": 1920, "height": 1080})
     context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(server.base)
                   else route.abort())
-    page = page_mod.ComfyPage(context.new_page(), server.base, SHOTS_ROOT / frontend_server["name"] / "_session",
-                              harness.PACK_LINK_NAME)
-    page.open()
-    page.close_dialogs()
+    for pattern, handler in routes:
+        context.route(pattern, handler)
+    try:
+        page = page_mod.ComfyPage(context.new_page(), server.base, shots_dir, harness.PACK_LINK_NAME)
+        page.open()
+        page.close_dialogs()
+    except BaseException:
+        context.close()
+        raise
+    return context, page
+
+
+@pytest.fixture(scope="session")
+def _frontend_page(frontend_server: Dict[str, Any], browser: Any) -> Iterator[Any]:
+    """One page per frontend server, opened once; tests share it (each opens what it looks at)."""
+    context, page = _open_page(browser, frontend_server["server"], SHOTS_ROOT / frontend_server["name"] / "_session")
     try:
         yield page
     finally:
         context.close()
 
 
-@pytest.fixture
-def comfy_page(request, _frontend_page: Any, frontend_server: Dict[str, Any]) -> Any:
-    """The shared page, with screenshots going to ``.cache/frontend-screenshots/<frontend>/<test>/``."""
+def _shots_dir(request: Any, frontend_name: str) -> Path:
+    """``.cache/frontend-screenshots/<frontend>/<test>[-<other params>]/`` for the running test."""
     test = re.sub(r"\[.*\]$", "", request.node.name)
     param = re.search(r"\[(.*)\]$", request.node.name)
     extra = [p for p in (param.group(1).split("-") if param else []) if p not in ("pinned", "newest")]
-    _frontend_page.begin_test(SHOTS_ROOT / frontend_server["name"] / "-".join([test] + extra))
+    return SHOTS_ROOT / frontend_name / "-".join([test] + extra)
+
+
+@pytest.fixture
+def comfy_page(request, _frontend_page: Any, frontend_server: Dict[str, Any]) -> Any:
+    """The shared page, with screenshots going to ``.cache/frontend-screenshots/<frontend>/<test>/``."""
+    _frontend_page.begin_test(_shots_dir(request, frontend_server["name"]))
     return _frontend_page
+
+
+@pytest.fixture
+def own_comfy_page(request, frontend_server: Dict[str, Any], browser: Any) -> Iterator[Callable[..., Any]]:
+    """A factory for a page of the test's own (a fresh browser context, closed after the test), for a check that
+    must change a server response before the frontend starts: ``own_comfy_page(routes)`` (see ``_open_page``).
+    Slower than ``comfy_page`` (the frontend loads again), so only for such checks."""
+    contexts: List[Any] = []
+
+    def open_page(routes: Sequence[Tuple[Any, Callable]] = ()) -> Any:
+        context, page = _open_page(browser, frontend_server["server"], _shots_dir(request, frontend_server["name"]),
+                                   routes)
+        contexts.append(context)
+        page.begin_test(page.shots_dir)
+        request.node.safecfg_own_page = page  # a failure report then shows this page's console
+        return page
+
+    try:
+        yield open_page
+    finally:
+        for context in contexts:
+            context.close()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -203,7 +245,7 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.when != "call" or not rep.failed:
         return
-    page = item.funcargs.get("comfy_page")
+    page = item.funcargs.get("comfy_page") or getattr(item, "safecfg_own_page", None)
     if page is not None:
         rep.sections.append(("browser console (last 60 entries)", "\n".join(map(str, page.console[-60:]))))
         rep.sections.append(("screenshots", str(page.shots_dir)))

@@ -9,7 +9,7 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
@@ -126,9 +126,8 @@ def test_template_browser_lists_pack_templates_with_thumbnails(comfy_page: Any, 
                                                                ) -> None:
     """Every template in example_workflows/ is listed under the pack with its title and its own thumbnail.
 
-    The order is not checked here: ComfyUI 0.3.64 lists a pack's templates in directory order (an unsorted glob)
-    and neither frontend sorts them, so it differs between file systems (tests/comfy/test_workflows.py checks that
-    the file names sort with the runnable demos first)."""
+    The order is checked by test_template_browser_lists_pack_templates_in_name_order, against a server answer
+    made to come in the wrong order (this one sees whatever order this machine's file system gives)."""
     module = comfy_page.pack_folder
     shown = comfy_page.template_cards(module)
     problems = []
@@ -141,6 +140,58 @@ def test_template_browser_lists_pack_templates_with_thumbnails(comfy_page: Any, 
         if not ok:
             problems.append(f"'{path.stem}' shows no thumbnail of its own: {thumbs}")
     assert not problems, f"check 'template browser lists titles and thumbnails' (module {module}): {problems}"
+
+
+# Another pack's templates, not in name order: the pack must leave them as the server sent them.
+OTHER_PACK, OTHER_TEMPLATES = "zz-other-pack", ["b second", "a first"]
+TEMPLATE_LIST_URL = re.compile(r"/api/workflow_templates(\?[^/]*)?$")  # the list, not a template or thumbnail
+
+
+def _number(stem: str) -> int:
+    """A template's place: its file name starts with its number ("1 SafeCFG demo - ...")."""
+    return int(stem.split(" ", 1)[0])
+
+
+def _serve_pack_templates_reversed(folder: str, served: Dict[str, Any]) -> Callable[[Any], None]:
+    """A Playwright route handler for the template list: the real server's answer with the pack's templates in
+    reverse name order (the demo last: an order a file system may return, since ComfyUI 0.3.64 lists them with an
+    unsorted glob) and another pack's entry added; what it served goes into ``served``."""
+    def handle(route: Any) -> None:
+        response = route.fetch()
+        data = response.json()
+        data[folder] = sorted(data.get(folder, []), key=_number, reverse=True)
+        data[OTHER_PACK] = list(OTHER_TEMPLATES)
+        served.update(data)
+        route.fulfill(response=response, json=data)
+    return handle
+
+
+def test_template_browser_lists_pack_templates_in_name_order(own_comfy_page: Callable[..., Any],
+                                                             frontend_server: Dict[str, Any]) -> None:
+    """The template browser lists the pack's templates in name order, the runnable demo first, whatever order the
+    server sends them in (web/safecfg_template_order.js sorts them), and leaves other packs' lists alone."""
+    folder = frontend_server["pack_folder"]
+    expected = sorted((p.stem for p in WORKFLOWS), key=_number)
+    assert expected[0] == DEMO, f"the demo is not numbered first: {expected}"
+    served: Dict[str, Any] = {}
+    page = own_comfy_page([(TEMPLATE_LIST_URL, _serve_pack_templates_reversed(folder, served))])
+    shown = page.template_cards(folder)
+    assert served.get(folder) == expected[::-1], (
+        f"the test's server answer was not the reversed list: it served {served.get(folder)}")
+    listed: List[str] = []
+    for image in shown["images"]:
+        if image["alt"] in expected and image["alt"] not in listed:
+            listed.append(image["alt"])
+    assert listed == expected, (
+        f"check 'templates in name order, demo first' (module {folder}): served {served[folder]}, "
+        f"the browser lists {listed}")
+    read = page.workflow_templates()
+    assert read.get(folder) == expected, f"check 'templates in name order': the frontend reads {read.get(folder)}"
+    assert read.get(OTHER_PACK) == OTHER_TEMPLATES, (
+        f"check 'other packs' templates untouched': served {OTHER_TEMPLATES}, the frontend reads "
+        f"{read.get(OTHER_PACK)}")
+    errors = page.pack_errors()
+    assert not errors, "check 'no console error from the pack': " + "; ".join(map(str, errors))
 
 
 def _widget_problems(nodes: List[Dict[str, Any]]) -> List[str]:
