@@ -14,6 +14,7 @@ import torch
 
 from ..safecfg_core.conditioning import Cond
 from ..safecfg_core.families import Family, check_served, family_for_class, token_dim_from_unet_config
+from ..safecfg_core.model_inputs import apply_model_extras
 
 
 def model_family(model_patcher: Any) -> Optional[Family]:
@@ -21,6 +22,14 @@ def model_family(model_patcher: Any) -> Optional[Family]:
     None for a class the table does not know. A refused family (Flux) raises UnsupportedFamilyError saying why."""
     cfg = getattr(model_patcher.model, "model_config", None)
     return check_served(family_for_class(type(cfg).__name__)) if cfg is not None else None
+
+
+def family_name(model_patcher: Any) -> Optional[str]:
+    """The family table's name for a MODEL's class, served or refused (None for a class it does not know); never
+    raises: the nodes refuse families where they check widths, this only picks a family's model inputs."""
+    cfg = getattr(model_patcher.model, "model_config", None)
+    entry = family_for_class(type(cfg).__name__) if cfg is not None else None
+    return entry.name if entry is not None else None
 
 
 def model_widths(model_patcher: Any) -> Tuple[Optional[int], int, Optional[str]]:
@@ -84,6 +93,18 @@ def conditioning_to_conds(conditioning: Any, with_pooled: bool = True) -> List[C
     return [entry_cond(entry, with_pooled) for entry in conditioning]
 
 
+def sampler_entry(model_patcher: Any, cond: Cond) -> List[Any]:
+    """``cond`` as a CONDITIONING entry for ComfyUI's samplers. It carries the family's model inputs that the
+    model's ``extra_conds`` would derive from what a text encoder adds and a Cond does not keep (Lumina 2's caption
+    length comes from the encoder's attention mask), as ComfyUI's own ``model_conds``."""
+    import comfy.conds  # type: ignore
+
+    extras = apply_model_extras(family_name(model_patcher), cond, cond.batch_size, torch.device("cpu"))
+    model_conds = {k: comfy.conds.CONDRegular(v) if isinstance(v, torch.Tensor) else comfy.conds.CONDConstant(v)
+                   for k, v in extras.items()}
+    return [cond.tokens, {"pooled_output": cond.pooled, "model_conds": model_conds}]
+
+
 def replace_entry(entry: Any, cond: Optional[Cond], **options: Any) -> List[Any]:
     """A copy of a CONDITIONING entry with ``cond``'s tokens (and pooled vector, if it has one) in the entry's own
     dtype and device, plus ``options``; ``cond=None`` keeps the entry's tensors (the very same objects)."""
@@ -127,14 +148,16 @@ class ComfyDenoiser:
     """Core ``Denoiser`` over a ComfyUI MODEL: ``D(x, sigma, cond)`` via ``model.model.apply_model``.
 
     The model patcher is loaded (ComfyUI's memory manager) on first use; inputs are moved to its device and the
-    denoised output comes back as float32 on the input's device. ``pooled_dim > 0`` builds SDXL's ``y`` with
-    ``encode_adm`` for the latent's size.
+    denoised output comes back as float32 on the input's device. A pooled vector builds the model's ``y`` with
+    ``encode_adm`` for the latent's size (SDXL, SD3); the family's other inputs (Lumina 2's caption length,
+    Chroma's guidance) come from :func:`apply_model_extras`.
     """
 
     def __init__(self, model_patcher: Any, pooled_dim: int = 0) -> None:
         self.patcher = model_patcher
         self.pooled_dim = pooled_dim
         self._loaded = False
+        self.family = family_name(model_patcher)
 
     @property
     def base(self) -> Any:
@@ -167,6 +190,7 @@ class ComfyDenoiser:
             ]
             if all(y is not None for y in ys):
                 kwargs["y"] = torch.cat(ys).to(dev)
+        kwargs.update(apply_model_extras(self.family, cond, x.shape[0], dev))
         out = self.base.apply_model(
             x.to(dev), sigma.to(dev).float(), c_crossattn=cond.tokens.to(dev), **kwargs
         )

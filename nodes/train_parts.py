@@ -19,7 +19,7 @@ from ..safecfg_core.train import (PerCategory, PromptSet, TrainConfig, TrainingS
 from ..safecfg_core.train.presets import family_hgr_config
 from ..safecfg_core.train.progress import RunEstimate
 from ..safecfg_core.train.report import evaluate_heldout, report_lines, write_report
-from .comfy_adapters import ComfyDenoiser, ComfyTextEncoder, model_identity, model_widths
+from .comfy_adapters import ComfyDenoiser, ComfyTextEncoder, model_identity, model_widths, sampler_entry
 from .common import format_exception, hgr_save_path, log, node_error, shown
 
 NODE = "Train HGR"
@@ -93,10 +93,8 @@ def latent_sampler(model: Any, text_encoder: ComfyTextEncoder, steps: int, cfg: 
     negative = text_encoder([""])
 
     def sample_latents(prompts: List[str]) -> torch.Tensor:
-        c = text_encoder(prompts)
-        pos = [[c.tokens, {"pooled_output": c.pooled}]]
-        u = negative.repeat_batch(len(prompts))
-        neg = [[u.tokens, {"pooled_output": u.pooled}]]
+        pos = [sampler_entry(model, text_encoder(prompts))]
+        neg = [sampler_entry(model, negative.repeat_batch(len(prompts)))]
         channels = int(getattr(model.model.latent_format, "latent_channels", 4))
         latent = torch.zeros([len(prompts), channels, height // 8, width // 8])
         # video-latent families (Wan, Qwen-Image) need the frame axis KSampler adds to an empty latent

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import SafeCFGError, TrainingCancelled
+from .errors import SafeCFGError, TrainingCancelled, TrainingInputError
 from .hgr import format_parameter_count
 from .train import TrainConfig, TrainProgress, TrainResult, parse_per_category
 from .train.presets import DEFAULT_PRESET, PRESETS, get_preset
@@ -52,7 +52,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--comfyui", type=Path, default=None,
                    help="a ComfyUI checkout (or COMFYUI_PATH): load --model-checkpoint with ComfyUI's own loaders")
     p.add_argument("--model-checkpoint", type=Path, default=None,
-                   help="with --comfyui: the model checkpoint (.safetensors) to train an HGR for")
+                   help="with --comfyui: the model checkpoint (.safetensors) to train an HGR for (prompts: the "
+                        "built-in corpus unless --corpus or --prompts says otherwise)")
+    p.add_argument("--sample-steps", type=int, default=None,
+                   help="with --model-checkpoint: sampler steps of the model's own training latents (default: the "
+                        "preset's)")
+    p.add_argument("--width", type=int, default=None,
+                   help="with --model-checkpoint: image width of the training latents (default: the model family's "
+                        "size, which is what the model draws; smaller is faster but less like its pictures)")
+    p.add_argument("--height", type=int, default=None,
+                   help="with --model-checkpoint: image height of the training latents (default: the family's)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default 400, or the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per step, global (default 16, or the preset's)")
     p.add_argument("--lr", type=float, default=None)
@@ -198,23 +207,45 @@ def _report(result: TrainResult, out: Path, ckpt: Path, seconds: float, as_json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
+def _sample_steps(args: argparse.Namespace) -> int:
+    """Sampler steps of a checkpoint's own latents: the option, else the preset's (the default preset's without one)."""
+    return args.sample_steps or get_preset(args.preset or DEFAULT_PRESET).sample_steps
+
+
 def _load_setup(args: argparse.Namespace) -> Any:
     """The model: ComfyUI's own loaders for ``--model-checkpoint`` (with ``--comfyui`` or COMFYUI_PATH), else the
-    ``--model`` setup."""
+    ``--model`` setup. Bad paths are a :class:`TrainingInputError` saying which and what to do."""
     import os
 
     from .cli import load_model_setup
 
-    if args.model_checkpoint is not None:
-        from .train.comfy_headless import load_comfy_setup
+    comfy_only = [f"--{n.replace('_', '-')}" for n in ("sample_steps", "width", "height") if getattr(args, n)]
+    if args.model_checkpoint is None:
+        if args.comfyui is not None or comfy_only:
+            raise TrainingInputError(f"{', '.join(['--comfyui'] if args.comfyui else comfy_only)} needs "
+                                     "--model-checkpoint FILE (the checkpoint to train for); without one the "
+                                     f"command trains for --model {args.model}.")
+        return load_model_setup(args.model)
+    from .train.comfy_headless import load_comfy_setup
 
-        root = args.comfyui or (Path(os.environ["COMFYUI_PATH"]) if os.environ.get("COMFYUI_PATH") else None)
-        if root is None:
-            raise SystemExit("error: --model-checkpoint needs --comfyui PATH (or COMFYUI_PATH): ComfyUI's loaders "
-                             "read the checkpoint")
-        preset = get_preset(args.preset or DEFAULT_PRESET)
-        return load_comfy_setup(root, args.model_checkpoint, preset.sample_steps, args.device)
-    return load_model_setup(args.model)
+    env = os.environ.get("COMFYUI_PATH")
+    if args.comfyui is None and not env:
+        raise TrainingInputError("--model-checkpoint needs --comfyui PATH (or COMFYUI_PATH): ComfyUI's own loaders "
+                                 "read the checkpoint; pass the folder of your ComfyUI checkout.")
+    root, origin = (args.comfyui, "--comfyui") if args.comfyui is not None else (Path(env), "COMFYUI_PATH")
+    for name in ("sample_steps", "width", "height"):
+        if getattr(args, name) is not None and getattr(args, name) < (1 if name == "sample_steps" else 16):
+            raise TrainingInputError(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use at least "
+                                     f"{1 if name == 'sample_steps' else 16}.")
+    return load_comfy_setup(root, args.model_checkpoint, _sample_steps(args), args.device,
+                            image_size=(args.width, args.height), origin=origin)
+
+
+def _resume_hint(args: argparse.Namespace, out: Path) -> str:
+    """The command line that resumes this run (same settings)."""
+    if args.model_checkpoint is None:
+        return f"python -m safecfg_core train --model {args.model} --out {out} --resume (same settings)"
+    return f"the same command with --resume (checkpoint and settings as now)"
 
 
 def _heldout_report(result: TrainResult, job: Any, setup: Any, out: Path) -> None:
@@ -235,13 +266,15 @@ def run(args: argparse.Namespace) -> int:
 
     dist = DistContext.from_env()
     main = dist is None or dist.is_main
-    setup = _load_setup(args)
     name = args.model if args.model_checkpoint is None else args.model_checkpoint.stem
     out: Path = args.out or Path(f"hgr-{name}.safetensors")
     ckpt: Path = args.checkpoint or out.with_name(out.stem + ".ckpt.safetensors")
+    if args.model_checkpoint is not None and args.corpus is None and args.prompts is None:
+        args.corpus = "builtin"  # a user's checkpoint has no built-in prompts: the pack's corpus is the default
     try:
+        setup = _load_setup(args)
         job = _job(args, setup)  # (sets the default preset of a corpus run, which the estimate below reads)
-        sample_steps = get_preset(args.preset or DEFAULT_PRESET).sample_steps if args.model_checkpoint else 20
+        sample_steps = _sample_steps(args) if args.model_checkpoint else 20
         estimate = RunEstimate(_setting(args, "steps"), _setting(args, "batch_size"), sample_steps)
         progress = _Progress(args.log_every, args.latent_batch, estimate) if main else None
         prompts = job.prompts
@@ -264,8 +297,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingCancelled as exc:
         print(f"\n{exc}", file=sys.stderr)
         if exc.checkpoint_path:
-            print(f"resume with: python -m safecfg_core train --model {args.model} --out {out} --resume "
-                  f"(same settings)", file=sys.stderr)
+            print(f"resume with: {_resume_hint(args, out)}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         if session.checkpoint_step and main:

@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..conditioning import Cond
+from ..model_inputs import apply_model_extras
 from .comfy_unet import comfy_module, import_comfy, random_init
 from .models import BenchModel, make_guidance, random_cond, text_encoder_for
 
@@ -126,13 +127,9 @@ class ComfyApplyDenoiser:
         self.family = family
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
-        extra: Dict[str, Any] = {}
+        extra: Dict[str, Any] = apply_model_extras(self.family, cond, x.shape[0], x.device)
         if cond.pooled is not None and self.family == "sd3":
             extra["y"] = cond.pooled
-        if self.family == "chroma":
-            extra["guidance"] = torch.zeros(x.shape[0], device=x.device)
-        if self.family == "lumina2":
-            extra["num_tokens"] = int(cond.tokens.shape[1])
         out = self.model.apply_model(x, sigma, c_crossattn=cond.tokens, **extra)
         return out.float()
 
