@@ -219,7 +219,8 @@ def _load_setup(args: argparse.Namespace) -> Any:
 
     from .cli import load_model_setup
 
-    comfy_only = [f"--{n.replace('_', '-')}" for n in ("sample_steps", "width", "height") if getattr(args, n)]
+    comfy_only = [f"--{n.replace('_', '-')}" for n in ("sample_steps", "width", "height")
+                  if getattr(args, n) is not None]
     if args.model_checkpoint is None:
         if args.comfyui is not None or comfy_only:
             raise TrainingInputError(f"{', '.join(['--comfyui'] if args.comfyui else comfy_only)} needs "
@@ -233,10 +234,12 @@ def _load_setup(args: argparse.Namespace) -> Any:
         raise TrainingInputError("--model-checkpoint needs --comfyui PATH (or COMFYUI_PATH): ComfyUI's own loaders "
                                  "read the checkpoint; pass the folder of your ComfyUI checkout.")
     root, origin = (args.comfyui, "--comfyui") if args.comfyui is not None else (Path(env), "COMFYUI_PATH")
-    for name in ("sample_steps", "width", "height"):
-        if getattr(args, name) is not None and getattr(args, name) < (1 if name == "sample_steps" else 16):
-            raise TrainingInputError(f"--{name.replace('_', '-')} {getattr(args, name)} is too small; use at least "
-                                     f"{1 if name == 'sample_steps' else 16}.")
+    if args.sample_steps is not None and args.sample_steps < 1:
+        raise TrainingInputError(f"--sample-steps {args.sample_steps}: use 1 or more sampler steps.")
+    for name in ("width", "height"):  # the latent is 1/8 of the image: a size the VAE could never make is refused
+        size = getattr(args, name)
+        if size is not None and (size < 16 or size % 8):
+            raise TrainingInputError(f"--{name} {size}: use a multiple of 8 of at least 16 (pixels).")
     return load_comfy_setup(root, args.model_checkpoint, _sample_steps(args), args.device,
                             image_size=(args.width, args.height), origin=origin)
 
@@ -245,7 +248,7 @@ def _resume_hint(args: argparse.Namespace, out: Path) -> str:
     """The command line that resumes this run (same settings)."""
     if args.model_checkpoint is None:
         return f"python -m safecfg_core train --model {args.model} --out {out} --resume (same settings)"
-    return f"the same command with --resume (checkpoint and settings as now)"
+    return "the same command with --resume (same checkpoint and settings)"
 
 
 def _heldout_report(result: TrainResult, job: Any, setup: Any, out: Path) -> None:

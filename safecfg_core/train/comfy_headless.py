@@ -109,11 +109,23 @@ def load_comfy_setup(comfyui: Path, checkpoint: Path, sample_steps: int, device:
     # otherwise, asking CUDA for its device)
     import_comfy(str(root), torch.device(device))
     adapters, parts = _pack_module("comfy_adapters"), _pack_module("train_parts")
-    model, clip = parts.load_checkpoint(checkpoint)  # all ComfyUI contact stays in the pack's adapter layer
+    node_error = _pack_module("common").SafeCFGNodeError
+    try:
+        model, clip = parts.load_checkpoint(checkpoint)  # all ComfyUI contact stays in the pack's adapter layer
+    except RuntimeError as exc:
+        if "Could not detect model type" not in str(exc):
+            raise
+        raise TrainingInputError(f"ComfyUI does not recognise --model-checkpoint {checkpoint} as a model it "
+                                 "supports (no known diffusion model inside: a LoRA, VAE or text-encoder file, or a "
+                                 "model newer than this ComfyUI); pass a checkpoint ComfyUI's Load Checkpoint node "
+                                 "loads, or update ComfyUI.") from None
     if clip is None:
         raise TrainingInputError(f"--model-checkpoint {checkpoint} holds no text encoder; SafeCFG trains on the "
                                  "model's own text encoder, so use a full checkpoint (model, CLIP and VAE).")
-    text_encoder, hgr_config = parts.encoder_and_config(model, clip)
+    try:
+        text_encoder, hgr_config = parts.encoder_and_config(model, clip)  # refuses unsupported families
+    except node_error as exc:  # the node's "SafeCFG Train HGR: ..." says what and why; here it is the command's
+        raise TrainingInputError(f"{checkpoint.name}: {str(exc).split(': ', 1)[-1]}") from None
     denoiser = adapters.ComfyDenoiser(model, pooled_dim=hgr_config.pooled_dim)
     family_w, family_h = family_image_size(adapters.model_widths(model)[2])
     want_w, want_h = image_size or (None, None)
