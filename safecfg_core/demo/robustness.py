@@ -200,10 +200,28 @@ def report_markdown(metrics: Dict[str, object], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sampling_code_digest() -> str:
+    """A digest of everything plain CFG's samples depend on besides the prompts and seeds: the library's source
+    files, the demo world's weights and the torch version. Conservative on purpose: any change to the code may move
+    a sample by a few ulps, and a cache from before such a change makes "clean images identical to plain CFG" false
+    for every image (docs/experiments.md), so any change invalidates it."""
+    import hashlib
+
+    package = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256(torch.__version__.encode())
+    for path in sorted(package.rglob("*.py")) + sorted((package / "demo" / "weights").glob("*.safetensors")):
+        if path.name == "hgr.safetensors":  # the HGR under test does not change plain CFG
+            continue
+        h.update(str(path.relative_to(package)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _cache_key(items: Sequence[EvalItem], seeds: Sequence[int]) -> str:
     import hashlib
 
-    return hashlib.sha256(json.dumps([[it.text for it in items], list(seeds)]).encode()).hexdigest()[:16]
+    parts = [[it.text for it in items], list(seeds), sampling_code_digest()]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def _with_cached_cfg(world, bundle, result: ExperimentResult, cache: str, key: str) -> None:
@@ -217,7 +235,9 @@ def _with_cached_cfg(world, bundle, result: ExperimentResult, cache: str, key: s
 
     with safe_open(cache, "pt") as f:
         if (f.metadata() or {}).get("key") != key:
-            raise ValueError(f"{cache} holds plain CFG samples of other prompts or seeds; drop --cfg-from.")
+            raise ValueError(f"{cache} holds plain CFG samples of other prompts or seeds, or was written by other "
+                             "code or weights (its samples could differ by a few ulps); write a fresh one with "
+                             "--save-cfg, or drop --cfg-from.")
         result.images["cfg"], result.cfg_latents = f.get_tensor("images"), f.get_tensor("latents")
     n_items, n_seeds = len(result.items), len(result.seeds)
     rows = torch.arange(n_items).repeat_interleave(n_seeds)
