@@ -34,6 +34,9 @@ _root = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_root)  # type: ignore[union-attr]
 CACHE_DIR, REPO_ROOT = _root.CACHE_DIR, _root.REPO_ROOT
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # the tests here import shared helpers (pack_scripts) by name
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 PACK_LINK_NAME = "comfyui-safecfg-under-test"
 
 # Installed as sitecustomize on the server's PYTHONPATH. A module is replaced only when it cannot be found at all,

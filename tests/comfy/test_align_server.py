@@ -7,20 +7,17 @@ moved, any skipped or mis-shaped layer changes the image. The fitted LoRA is the
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from safecfg_core.align import LoRA, adaptable_layers, sample_prompts_with, save_lora
 from safecfg_core.align.targets import Teacher
 from safecfg_core.demo.world import load_demo_world
+
+from pack_scripts import PACK_PREAMBLE, run_in_comfyui
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a bloody red star with a knife on white"
@@ -138,42 +135,18 @@ SD_SCRIPT = textwrap.dedent(r'''
 
 def test_sd_family_unet_keys_map_and_patch_like_the_core(comfyui_root):
     """ComfyUI's own key map and patcher on an SD1.5-architecture UNet (small widths, random weights)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    import importlib.util as iu
-
-    spec = iu.spec_from_file_location("_safecfg_comfy_conftest_align", Path(__file__).with_name("conftest.py"))
-    conf = iu.module_from_spec(spec)
-    spec.loader.exec_module(conf)  # type: ignore[union-attr]
-    shims = [str(p) for p in conf.shim_paths_for(Path(comfyui_root))]
-    env["PYTHONPATH"] = os.pathsep.join(shims + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-c", SD_SCRIPT, str(comfyui_root), str(REPO_ROOT)], cwd=comfyui_root,
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    res = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1][len("RESULT "):])
+    res = run_in_comfyui(comfyui_root, SD_SCRIPT)
     assert res["layers"] > 20 and res["mapped"] == res["layers"], res
     assert "Conv2d" in str(res["kinds"]) and "Linear" in str(res["kinds"]), res
     assert res["lora_effect"] > 1e-2, res
     assert res["max_diff"] <= 1e-5 * max(1.0, res["lora_effect"]), res
-    assert "lora key not loaded" not in proc.stderr
+    assert "lora key not loaded" not in res["log"]
 
 
-NODE_SCRIPT = textwrap.dedent(r'''
-    import asyncio, importlib.util, json, os, sys, tempfile
-    root, pack = sys.argv[1], sys.argv[2]
-    sys.path.insert(0, root)
-    sys.argv = ["main.py", "--cpu"]
-    import comfy.options
-    comfy.options.enable_args_parsing()
-    import torch, folder_paths
-    spec = importlib.util.spec_from_file_location("safecfg_pack", pack + "/__init__.py",
-                                                  submodule_search_locations=[pack])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["safecfg_pack"] = mod
-    spec.loader.exec_module(mod)
-    extension = asyncio.run(mod.comfy_entrypoint())
-    N = {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}
+NODE_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
+    import os, tempfile
+    import folder_paths
     from safecfg_pack.nodes.align_node import AlignModel
-    from safecfg_pack.safecfg_core.hgr import HGRBundle
     from safecfg_pack.safecfg_core.demo.world import HGR_PATH
 
     work = tempfile.mkdtemp()
@@ -208,18 +181,7 @@ NODE_SCRIPT = textwrap.dedent(r'''
 
 
 def test_align_node_writes_the_named_lora_and_returns_the_patched_model(comfyui_root):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    import importlib.util as iu
-
-    spec = iu.spec_from_file_location("_safecfg_comfy_conftest_align2", Path(__file__).with_name("conftest.py"))
-    conf = iu.module_from_spec(spec)
-    spec.loader.exec_module(conf)  # type: ignore[union-attr]
-    shims = [str(p) for p in conf.shim_paths_for(Path(comfyui_root))]
-    env["PYTHONPATH"] = os.pathsep.join(shims + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-c", NODE_SCRIPT, str(comfyui_root), str(REPO_ROOT)], cwd=comfyui_root,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    res = json.loads([l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1][len("RESULT "):])
+    res = run_in_comfyui(comfyui_root, NODE_SCRIPT, timeout=600)
     assert res["name"] == "My LoRA.safetensors" and res["files"] == ["My LoRA.safetensors"], res
     assert "prompts: 2" in res["report"] and "fit: 3 steps" in res["report"], res
     assert res["patched_layers"] > 20 and res["input_patches"] == 0, res

@@ -9,16 +9,11 @@ and constructor defaults), so a wrong row in safecfg_core/families.py fails here
 """
 from __future__ import annotations
 
-import importlib.util
 import textwrap
-from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("_safecfg_test_inprocess", Path(__file__).with_name("test_inprocess.py"))
-_inprocess = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_inprocess)  # type: ignore[union-attr]
-PACK_PREAMBLE, _run_in = _inprocess.PACK_PREAMBLE, _inprocess._run_in
+from pack_scripts import PACK_PREAMBLE, run_in_comfyui
 
 DETECTION_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
     import inspect, types
@@ -111,7 +106,7 @@ DETECTION_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
 @pytest.fixture(scope="module")
 def detection(comfyui_root) -> dict:
     """One run of the script for the module's tests (importing ComfyUI takes a while)."""
-    return _run_in(comfyui_root, DETECTION_SCRIPT)
+    return run_in_comfyui(comfyui_root, DETECTION_SCRIPT)
 
 
 def test_comfy_classes_detected_as_families_with_comfy_widths(detection) -> None:

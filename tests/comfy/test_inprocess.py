@@ -8,44 +8,9 @@ CONDITIONING treats entry options, SDXL's pooled vector and combined positives.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-# Every script starts so: ComfyUI (argv[1]) on the path, in --cpu mode, and this pack (argv[2]) loaded as a package
-# named ``safecfg_pack`` through its V3 entry point, the way ComfyUI's custom-node loader does.
-PACK_PREAMBLE = textwrap.dedent(r'''
-    import asyncio, importlib.util, json, sys
-    root, pack = sys.argv[1], sys.argv[2]
-    sys.path.insert(0, root)
-    sys.argv = ["main.py", "--cpu"]
-    import comfy.options
-    comfy.options.enable_args_parsing()
-    import torch
-    spec = importlib.util.spec_from_file_location("safecfg_pack", pack + "/__init__.py",
-                                                  submodule_search_locations=[pack])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["safecfg_pack"] = mod
-    spec.loader.exec_module(mod)
-    extension = asyncio.run(mod.comfy_entrypoint())
-    N = {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}
-    from safecfg_pack.safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
-
-    def random_hgr(config, seed=1):
-        """An HGR whose (normally zero-initialised) output layers are random: it redirects every prompt."""
-        bundle = HGRBundle.create(config, HGRMeta(threshold=None), seed=seed)
-        with torch.no_grad():
-            torch.manual_seed(3)
-            for p in bundle.net.parameters():
-                if p.abs().sum() == 0:
-                    p.normal_(0.0, 0.2)
-        return bundle
-''')
+from pack_scripts import PACK_PREAMBLE, run_in_comfyui
 
 SAMPLING_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
     import comfy.sample
@@ -118,35 +83,8 @@ SAMPLING_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
 ''')
 
 
-def _run(root: Path, pythonpath: list, script: str) -> dict:
-    """Run ``script`` in a fresh interpreter against the ComfyUI at ``root``; return its ``RESULT`` JSON (+ log)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(p) for p in pythonpath] + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-c", script, str(root), str(REPO_ROOT)], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    res = json.loads(line[len("RESULT "):])
-    res["log"] = proc.stderr
-    return res
-
-
-def _shim_paths(root: Path):
-    import importlib.util as iu
-
-    spec = iu.spec_from_file_location("_safecfg_comfy_conftest", Path(__file__).with_name("conftest.py"))
-    conf = iu.module_from_spec(spec)
-    spec.loader.exec_module(conf)  # type: ignore[union-attr]
-    return conf.shim_paths_for(root)
-
-
-def _run_in(comfyui_root, script: str) -> dict:
-    root = Path(comfyui_root)
-    return _run(root, _shim_paths(root), script)
-
-
 def test_every_negative_call_gets_u_star_batched_and_split(comfyui_root):
-    res = _run_in(comfyui_root, SAMPLING_SCRIPT)
+    res = run_in_comfyui(comfyui_root, SAMPLING_SCRIPT)
     assert res["u_star_differs"] and res["changed"], res
     # one positive x one negative entry: the HGR ran once, in the node, and never during the 4 sampling steps
     assert res["hgr_calls_node"] == 1 and res["hgr_calls_after_sampling"] == 1, res
@@ -206,7 +144,7 @@ CONDITIONING_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
 
 
 def test_conditioning_options_pooled_and_most_harmful(comfyui_root):
-    res = _run_in(comfyui_root, CONDITIONING_SCRIPT)
+    res = run_in_comfyui(comfyui_root, CONDITIONING_SCRIPT)
     assert res["scores_differ"], res
     assert res["tokens_are_u_plus_delta"] < 1e-5 and res["pooled_is_u_plus_delta"] < 1e-5, res
     assert res["chosen_index"] == 1, res  # the harmful positive was put second
@@ -232,6 +170,6 @@ IDENTITY_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
 def test_model_identity_tells_models_apart(comfyui_root):
     """The Train HGR node keys its latent cache and its "already trained" shortcut by this identity: a clone is the
     same model, other weights or a LoRA-style patch are not."""
-    ids = _run_in(comfyui_root, IDENTITY_SCRIPT)
+    ids = run_in_comfyui(comfyui_root, IDENTITY_SCRIPT)
     assert ids["demo"] == ids["demo_clone"], ids
     assert len({ids["demo"], ids["untrained"], ids["patched"]}) == 3, ids
