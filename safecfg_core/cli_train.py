@@ -255,6 +255,9 @@ def _heldout_report(result: TrainResult, job: Any, setup: Any, out: Path) -> Non
     """Judge the HGR on the job's held-out prompts and save the report beside it (corpus runs)."""
     from .train.report import evaluate_heldout, report_lines, write_report
 
+    # encoding and judging the held-out prompts takes a while on a real model: say what is happening
+    print(f"judging the HGR on {len(job.heldout_clean)} clean and {len(job.heldout_harmful)} harmful held-out "
+          "prompts ...", flush=True)
     evaluation = evaluate_heldout(result.bundle, setup.text_encoder, job.heldout_clean, job.heldout_harmful,
                                   getattr(setup, "negative_prompt", ""))
     evaluation["judged_on"] = f"{len(job.heldout_clean)} clean and {len(job.heldout_harmful)} harmful held-out prompts"
