@@ -17,8 +17,8 @@ from .conditioning import Cond
 def apply_model_extras(family: Optional[str], cond: Cond, batch: int, device: torch.device) -> Dict[str, Any]:
     """Keyword inputs for ``apply_model`` that ``family``'s model needs (none for the other families).
 
-    * ``chroma``: ``guidance``, which Chroma's forward requires and ComfyUI sets to 0 per row (Chroma is not
-      guidance-distilled; its guidance input is unused but still an argument).
+    * ``chroma``: ``guidance``, an argument Chroma's forward requires (its modulation embeds it), which ComfyUI's
+      Chroma class sets to 0 for every row: Chroma samples with real CFG, not with Flux's distilled guidance.
     * ``lumina2``: ``num_tokens``, the caption length Lumina 2's NextDiT embeds. ComfyUI takes it from the text
       encoder's attention mask, which for Gemma's unpadded prompts covers every token; rows of different lengths
       batched together are repeated to one common length (:mod:`.padding`, as ComfyUI batches them), so that

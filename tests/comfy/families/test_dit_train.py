@@ -38,8 +38,8 @@ def _train_graph(family: str, name: str) -> dict:
         "clean_prompts": "a large blue circle on a yellow background\na small green square on black",
         "harmful_prompts": "gore: a bloody blue circle on white\nweapon: a knife next to a purple triangle",
         "concepts": "gore: blood, gore\nweapon: knife, weapon",
-        "steps": STEPS_AND_BATCH[family][0], "lr": 0.003, "batch_size": STEPS_AND_BATCH[family][1], "seed": 0, "name": name,
-        "sample_steps": 2, "sample_cfg": 4.0, "width": 64, "height": 64, "retrain": True,
+        "steps": STEPS_AND_BATCH[family][0], "lr": 0.003, "batch_size": STEPS_AND_BATCH[family][1], "seed": 0,
+        "name": name, "sample_steps": 2, "sample_cfg": 4.0, "width": 64, "height": 64, "retrain": True,
         "robustness_augmentation": False}}
     g["31"] = {"class_type": "PreviewImage", "inputs": {"images": ["30", 1]}}
     return g

@@ -5,12 +5,14 @@ names the templates load (``v1-5-pruned-emaonly.safetensors``, ``sd_xl_base_1.0.
 
 The SafeCFG templates run end to end at test size: the latent is 64x64 pixels and the sampler takes 2 steps (the
 shipped 512/1024 px and 25 steps are minutes per image on a CPU); every other node and widget is the template's.
-The training templates' Train HGR trains at the family's own size with a preset (the quickest is 480 rows through
-SDXL at 1024 px: hours on CI's CPU, and it encodes its whole corpus before it first checks for an interrupt), so for
-them the server must accept the whole graph (ComfyUI validates every node, link, widget value and file name when a
-prompt is queued); the prompt is then taken off the queue before it starts. Training through the same stock-loaded
-checkpoints is test_sd_families.py's ``test_train_hgr_through_the_stock_loaded_model`` (the advanced node at test
-size).
+The training templates cannot run end to end here: their Train HGR (SafeCFG) trains at the family's own size (512 or
+1024 px; the node has no size input) and even the ``quick`` preset, with a prompt file of a few lines, trains 40
+steps of 8 rows with gradients through the model and encodes about 130 prompts (calibration and dressed prompts come
+from the built-in corpus whatever the file): hours on CI's CPU, where one SDXL row with gradients at 1024 px takes
+minutes. So for them the server must accept the whole graph (ComfyUI validates every node, link, widget value and
+file name when a prompt is queued); the prompt is then taken off the queue before it starts. Training through the
+same stock-loaded checkpoints is test_sd_families.py's ``test_train_hgr_through_the_stock_loaded_model`` (the
+advanced node at test size).
 """
 from __future__ import annotations
 
