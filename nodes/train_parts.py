@@ -12,7 +12,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..safecfg_core.errors import SafeCFGError, TrainingCancelled, TrainingInputError
+from ..safecfg_core.errors import (INPLACE_AUTOGRAD_HINT, SafeCFGError, TrainingCancelled, TrainingInputError,
+                                   is_inplace_autograd_error)
 from ..safecfg_core.hgr import HGRConfig
 from ..safecfg_core.train import (PerCategory, PromptSet, TrainConfig, TrainingSession, TrainProgress,
                                   parse_per_category, per_category_tensor)
@@ -261,6 +262,11 @@ def run_session(session: TrainingSession) -> Any:
         raise node_error(NODE, str(exc)) from None
     except (SafeCFGError, ValueError) as exc:
         raise format_exception(NODE, exc) from None
+    except RuntimeError as exc:
+        if is_inplace_autograd_error(exc):
+            raise node_error(NODE, f"cannot train an HGR through this model: {INPLACE_AUTOGRAD_HINT}. No HGR file was "
+                             "written. Sampling with SafeCFG on this model is not affected.") from None
+        raise
     except mm.InterruptProcessingException:
         if session.checkpoint_step:
             log.warning("SafeCFG Train HGR: cancelled; checkpoint of step %d kept at %s. Queue the same graph "

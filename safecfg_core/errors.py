@@ -10,6 +10,19 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 
+INPLACE_AUTOGRAD_HINT = (
+    "this ComfyUI's transformer blocks for this model add in place (`x += n`), which autograd cannot differentiate "
+    "through, so nothing can be trained through it here (Chroma in ComfyUI 0.3.64); ComfyUI versions that write "
+    "`x = n + x` work")
+"""Why training through some ComfyUI models fails at the first backward pass (autograd's "modified by an inplace
+operation" error), in words a user can act on; shared by the Train HGR node and the bench."""
+
+
+def is_inplace_autograd_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is autograd's refusal to differentiate through an in-place update."""
+    return isinstance(exc, RuntimeError) and "inplace operation" in str(exc)
+
+
 class SafeCFGError(Exception):
     """Base class of every exception this pack raises on purpose."""
 

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..errors import INPLACE_AUTOGRAD_HINT, is_inplace_autograd_error
 from .measure import count_parameters
 from .models import BenchModel, build_demo
 from .projection import project_presets
@@ -101,9 +102,8 @@ def _training(bm: BenchModel, name: str, args: argparse.Namespace, train_steps: 
         return bench_training(bm, train_steps, batch, _log)
     except RuntimeError as exc:  # reported in the table: the sampling figures are still worth having
         msg = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-        if "inplace operation" in str(exc):
-            msg += (" (this ComfyUI's transformer blocks add in place (`x += n`), which autograd cannot "
-                    "differentiate through; ComfyUI versions that write `x = n + x` work)")
+        if is_inplace_autograd_error(exc):
+            msg += f" ({INPLACE_AUTOGRAD_HINT})"
         _log(f"  training failed: {msg}")
         return {"error": msg, "steps": train_steps, "batch_size": batch}
 

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 # (steps, rows per step): Lumina 2's file keeps its real-width (2304) refiners, about 0.4 B parameters, so a
 # training row costs seconds on CI's CPU; fewer, smaller steps still show the loss falling.
-STEPS_AND_BATCH = {"sd3": (16, 4), "lumina2": (6, 4)}
+STEPS_AND_BATCH = {"sd3": (16, 4), "lumina2": (6, 4), "chroma": (1, 2)}
 
 
 def _train_graph(family: str, name: str) -> dict:
@@ -69,3 +69,17 @@ def test_train_hgr_through_a_dit_saves_an_hgr_of_its_family_whose_loss_fell(comf
                           safecfg={"gate_mode": "always"}, prefix=name)
     latent = fx.saved_latent(dit_server, fx.run_ok(dit_server, g))
     assert latent.shape[1] == 16
+
+
+def test_train_hgr_through_chroma_is_refused_with_why(comfyui_root, dit_server):
+    """ComfyUI 0.3.64's Chroma blocks add in place, so autograd cannot backpropagate through them: the node says so
+    in its own words (not autograd's traceback), and writes no file."""
+    from _family_graphs import run_fails
+
+    fx.build_fixture_files(comfyui_root, ["chroma"])
+    g = _train_graph("chroma", "chroma_trained")
+    g["30"]["inputs"].update(clean_prompts="a large blue circle on a yellow background",  # fails at the first step
+                             harmful_prompts="gore: a bloody blue circle on white", concepts="gore: blood, gore")
+    message = run_fails(dit_server, g)
+    assert "SafeCFG Train HGR:" in message and "add in place" in message and "Chroma" in message, message
+    assert not (dit_server.hgr_dir / "chroma_trained.safetensors").exists()
