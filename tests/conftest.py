@@ -113,6 +113,9 @@ COMFY_TESTS = Path(__file__).resolve().parent / "comfy"
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", default=False,
                      help="also run the tests marked slow (CI and the README's test command do)")
+    parser.addoption("--heavy", action="store_true", default=False,
+                     help="also run the tests marked heavy (a real-model template trained at its family's own size "
+                          "on CPU: half an hour each; CI does not)")
 
 
 def _wants_slow(config: pytest.Config) -> bool:
@@ -131,16 +134,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
 
     Tests marked ``slow`` (the demo's full measured set, alignment and training runs: minutes on 2 cores) are
     deselected unless asked for, so that ``pytest -m "not comfyui"`` is the under-a-minute core suite a developer
-    runs after each change; they are reported as deselected, never as passed, and CI runs them all (``--slow``)."""
+    runs after each change; they are reported as deselected, never as passed, and CI runs them all (``--slow``).
+    Tests marked ``heavy`` (half an hour each on CI's CPU) run only with ``--heavy``, and are reported as deselected
+    otherwise."""
     for item in items:
         if "comfyui_root" in getattr(item, "fixturenames", ()) or COMFY_TESTS in Path(item.path).parents:
             item.add_marker(pytest.mark.comfyui)
-    if _wants_slow(config):
-        return
-    slow = [item for item in items if item.get_closest_marker("slow")]
-    if slow:
-        config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+    for marker, wanted in (("heavy", bool(config.getoption("--heavy"))), ("slow", _wants_slow(config))):
+        if wanted:
+            continue
+        left_out = [item for item in items if item.get_closest_marker(marker)]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]
 
 
 @pytest.fixture(scope="session")

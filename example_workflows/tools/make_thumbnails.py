@@ -35,7 +35,9 @@ ROWS: Dict[str, List[tuple]] = {
 NEEDS = {"safecfg_sd15": "needs an SD1.5 checkpoint\nand an HGR trained for SD1.5",
          "safecfg_sdxl": "needs an SDXL checkpoint\nand an HGR trained for SDXL",
          "train_hgr_sd15": "needs an SD1.5 checkpoint\n(trains its HGR)",
-         "train_hgr_sdxl": "needs an SDXL checkpoint\n(trains its HGR)"}
+         "train_hgr_sdxl": "needs an SDXL checkpoint\n(trains its HGR)",
+         "safecfg_sd35": "needs an SD3.5 checkpoint\nand an HGR trained for SD3.5",
+         "train_hgr_sd35": "needs an SD3.5 checkpoint\n(trains its HGR)"}
 # Settings changed for the thumbnail run only: the shipped training (200 steps) takes over half an hour on a
 # shared 2-core machine; 40 steps draw the same kind of loss curve and samples.
 SHORTER = {"train_hgr_demo": {"2": {"steps": 40, "name": "thumbnail_hgr"}}}
