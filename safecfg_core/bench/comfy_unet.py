@@ -79,10 +79,16 @@ def import_comfy_unet(comfyui: Optional[str], device: torch.device) -> Tuple[Any
 
 
 def random_init(net: torch.nn.Module, device: torch.device) -> None:
-    """A standard fan-in initialisation of every parameter (ComfyUI's ops leave weights uninitialised)."""
+    """A standard fan-in initialisation of every tensor a checkpoint would load: the parameters and the persistent
+    floating-point buffers. ComfyUI's ops leave weights uninitialised, and some models keep loaded tensors as
+    buffers made with ``torch.empty`` (MMDiT's ``pos_embed``): left alone, those hold whatever memory was there,
+    NaN at times, which made a timing run fail only now and then."""
     gen = torch.Generator(device=device).manual_seed(0)
+    params = dict(net.named_parameters())
+    loaded_buffers = {name: b for name, b in net.state_dict(keep_vars=True).items()
+                      if name not in params and torch.is_floating_point(b)}
     with torch.no_grad():
-        for pname, p in net.named_parameters():
+        for pname, p in list(params.items()) + list(loaded_buffers.items()):
             if p.dim() >= 2:
                 fan_in = p[0].numel()
                 w = torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32) / fan_in ** 0.5

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ROWS = ("plain CFG", "SafeCFG (HGR + CFG)", "negative prompt (concepts)", "SLD MEDIUM")
@@ -113,3 +114,24 @@ def test_bench_quick_times_comfyui_dit_families(tmp_path, comfyui_root):
             assert m["preset_projection"]["presets"]["standard"]["total_s"] > 0
     for label in ROWS:
         assert out.count(f"| {label} |") == len(DIT_CLASSES)
+
+
+def test_random_init_fills_loaded_buffers_and_keeps_computed_ones():
+    """A tensor a checkpoint would load is initialised even when the model keeps it as a buffer made with
+    ``torch.empty`` (ComfyUI's MMDiT ``pos_embed``: uninitialised memory, sometimes NaN); a non-persistent buffer (a
+    value the model computes itself) is left as it is."""
+    from safecfg_core.bench.comfy_unet import random_init
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+            self.register_buffer("pos_embed", torch.full((1, 6, 4), float("nan")))
+            self.register_buffer("freqs", torch.arange(3.0), persistent=False)
+
+    a, b = Net(), Net()
+    random_init(a, torch.device("cpu"))
+    random_init(b, torch.device("cpu"))
+    assert torch.isfinite(a.pos_embed).all() and a.pos_embed.abs().sum() > 0
+    assert torch.equal(a.pos_embed, b.pos_embed) and torch.equal(a.proj.weight, b.proj.weight)  # seeded
+    assert torch.equal(a.freqs, torch.arange(3.0))
