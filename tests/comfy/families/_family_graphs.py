@@ -109,3 +109,34 @@ def place_files(folder: Path, files: Iterable[Path], names: Iterable[str] = ()) 
         if dest.is_symlink() or dest.exists():
             dest.unlink()
         dest.symlink_to(src)
+
+
+def template_hgr(family: str, gated: bool = True):
+    """An HGR of ``family`` with threshold 0: as created (zero output layers: it changes nothing), or with its zero
+    output layers made non-zero (seeded), so SafeCFG and the detector act on every prompt."""
+    import torch
+
+    from safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
+
+    bundle = HGRBundle.create(HGRConfig.for_family(family), HGRMeta(threshold=0.0), seed=0)
+    if gated:
+        with torch.no_grad():
+            torch.manual_seed(5)
+            for p in bundle.net.parameters():
+                if p.abs().sum() == 0:
+                    p.normal_(0.0, 0.05)
+    return bundle
+
+
+def assert_accepted_without_running(server, graph: Dict[str, Any], blocker: Dict[str, Any]) -> None:
+    """ComfyUI validates a whole prompt when it is queued (node types, links, widget values, file names against the
+    folders): queue ``graph`` behind the running ``blocker``, check it was accepted, and take it off the queue before
+    it starts."""
+    blocker_id = server.queue(blocker)
+    response = server.post("/prompt", {"prompt": graph, "client_id": server.client_id})
+    assert response.get("node_errors") == {}, response  # a rejected prompt raises PromptRejected instead
+    server.post("/queue", {"delete": [response["prompt_id"]]})
+    queue = server.get("/queue")
+    assert [item[1] for item in queue["queue_running"]] == [blocker_id], queue  # the graph never started
+    assert response["prompt_id"] not in [item[1] for item in queue["queue_pending"]]
+    assert server.succeeded(server.wait_history(blocker_id, timeout=900))

@@ -24,12 +24,11 @@ from typing import Any, Dict
 
 import numpy as np
 import pytest
-import torch
 
-from safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
+from safecfg_core.hgr import HGRBundle
 
 import sd35_fixture
-from _family_graphs import place_files, run_ok
+from _family_graphs import assert_accepted_without_running, place_files, run_ok, template_hgr
 
 pytestmark = pytest.mark.slow
 
@@ -68,16 +67,8 @@ def _test_size(g: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _write_hgr(server, gated: bool) -> None:
-    """An SD3 HGR under the template's name: as created (zero output layers: it changes nothing), or with non-zero
-    output layers and a threshold of 0, so SafeCFG and the detector act on every prompt."""
-    bundle = HGRBundle.create(HGRConfig.for_family("sd3"), HGRMeta(threshold=0.0), seed=0)
-    if gated:
-        with torch.no_grad():
-            torch.manual_seed(5)
-            for p in bundle.net.parameters():
-                if p.abs().sum() == 0:
-                    p.normal_(0.0, 0.05)
-    bundle.save(server.hgr_dir / HGR)
+    """An SD3 HGR under the template's name (see ``template_hgr``)."""
+    template_hgr("sd3", gated).save(server.hgr_dir / HGR)
 
 
 def _image(server, entry: Dict[str, Any], node_id: str) -> np.ndarray:
@@ -140,14 +131,7 @@ def test_training_template_is_accepted_by_the_server(comfy_server, sd35_checkpoi
     assert g["1"]["inputs"]["ckpt_name"] == CKPT
     assert g["20"]["inputs"]["name"] + ".safetensors" == HGR  # what the SafeCFG template loads
     _write_hgr(comfy_server, gated=False)
-    blocker_id = comfy_server.queue(_test_size(_template("safecfg_sd35")))
-    response = comfy_server.post("/prompt", {"prompt": g, "client_id": comfy_server.client_id})
-    assert response.get("node_errors") == {}, response  # a rejected prompt raises PromptRejected instead
-    comfy_server.post("/queue", {"delete": [response["prompt_id"]]})
-    queue = comfy_server.get("/queue")
-    assert [item[1] for item in queue["queue_running"]] == [blocker_id], queue  # the template never started
-    assert response["prompt_id"] not in [item[1] for item in queue["queue_pending"]]
-    assert comfy_server.succeeded(comfy_server.wait_history(blocker_id, timeout=900))
+    assert_accepted_without_running(comfy_server, g, _test_size(_template("safecfg_sd35")))
 
 
 # Half an hour on CI's 2-core CPU (measured here: 1,759 s; 40 steps at the family's 1024x1024 latents and the quick

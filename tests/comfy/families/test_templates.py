@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
-import torch
 
-from safecfg_core.hgr import HGRBundle, HGRConfig, HGRMeta
 
-from _family_graphs import place_files, run_ok
+from _family_graphs import assert_accepted_without_running, place_files, run_ok, template_hgr
 
 pytestmark = pytest.mark.slow
 
@@ -45,13 +43,7 @@ def template_files(comfy_server, sd_checkpoint_files) -> None:
     place_files(comfy_server.workdir / "models" / "checkpoints",
                 [sd_checkpoint_files[f] for f in CKPT_NAMES], list(CKPT_NAMES.values()))
     for family, (hgr_family, name) in HGR_NAMES.items():
-        bundle = HGRBundle.create(HGRConfig.for_family(hgr_family), HGRMeta(threshold=0.0), seed=0)
-        with torch.no_grad():
-            torch.manual_seed(5)
-            for p in bundle.net.parameters():
-                if p.abs().sum() == 0:
-                    p.normal_(0.0, 0.05)
-        bundle.save(comfy_server.hgr_dir / name)
+        template_hgr(hgr_family).save(comfy_server.hgr_dir / name)
 
 
 @pytest.mark.parametrize("name,family", [("safecfg_sd15", "sd15"), ("safecfg_sdxl", "sdxl")])
@@ -77,12 +69,4 @@ def test_training_template_is_accepted_by_the_server(comfy_server, template_file
     blocker = _template(f"safecfg_{family}")
     blocker["4"]["inputs"].update(width=64, height=64)
     blocker["5"]["inputs"]["steps"] = 2
-    blocker_id = comfy_server.queue(blocker)
-    response = comfy_server.post("/prompt", {"prompt": g, "client_id": comfy_server.client_id})
-    assert response.get("node_errors") == {}, response  # a rejected prompt raises PromptRejected instead
-    comfy_server.post("/queue", {"delete": [response["prompt_id"]]})
-    queue = comfy_server.get("/queue")
-    running = [item[1] for item in queue["queue_running"]]
-    assert running == [blocker_id], running  # the template never started
-    assert response["prompt_id"] not in [item[1] for item in queue["queue_pending"]]
-    assert comfy_server.succeeded(comfy_server.wait_history(blocker_id, timeout=900))
+    assert_accepted_without_running(comfy_server, g, blocker)
