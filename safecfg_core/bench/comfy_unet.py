@@ -82,7 +82,7 @@ def random_init(net: torch.nn.Module, device: torch.device) -> None:
     """A standard fan-in initialisation of every tensor a checkpoint would load: the parameters and the persistent
     floating-point buffers. ComfyUI's ops leave weights uninitialised, and some models keep loaded tensors as
     buffers made with ``torch.empty`` (MMDiT's ``pos_embed``): left alone, those hold whatever memory was there,
-    NaN at times, which made a timing run fail only now and then."""
+    NaN at times."""
     gen = torch.Generator(device=device).manual_seed(0)
     params = dict(net.named_parameters())
     loaded_buffers = {name: b for name, b in net.state_dict(keep_vars=True).items()
