@@ -8,7 +8,7 @@ and the ``[[tokens, {"pooled_output": ...}], ...]`` layout of CONDITIONING.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -120,20 +120,33 @@ def replace_entry(entry: Any, cond: Optional[Cond], **options: Any) -> List[Any]
 
 
 class ComfyTextEncoder:
-    """Core ``TextEncoder`` over a ComfyUI CLIP: ``encoder(prompts) -> Cond`` (row i = prompt i)."""
+    """Core ``TextEncoder`` over a ComfyUI CLIP: ``encoder(prompts) -> Cond`` (row i = prompt i).
 
-    def __init__(self, clip: Any, with_pooled: bool = False) -> None:
+    ``on_encode(done, total)`` (optional) is called before each prompt that is not memoised yet, with the count
+    encoded so far in this call and the call's number of new prompts: a training run encodes thousands of prompts
+    through a full-size text encoder before its first step, and the hook is where the node shows that and honours
+    Cancel (by raising).
+    """
+
+    def __init__(self, clip: Any, with_pooled: bool = False,
+                 on_encode: Optional[Callable[[int, int], None]] = None) -> None:
         self.clip = clip
         self.with_pooled = with_pooled
+        self.on_encode = on_encode
         self._memo: dict = {}  # text -> Cond; training encodes the same prompts several times
 
     def __call__(self, prompts: Sequence[str]) -> Cond:
         if isinstance(prompts, str):
             prompts = [prompts]
         conds = []
+        new = len({t for t in prompts if t not in self._memo}) if self.on_encode is not None else 0
+        done = 0
         for text in prompts:
             hit = self._memo.get(text)
             if hit is None:
+                if self.on_encode is not None:
+                    self.on_encode(done, new)
+                    done += 1
                 cond, pooled = self.clip.encode_from_tokens(self.clip.tokenize(text), return_pooled=True)
                 p = pooled.float().reshape(1, -1) if (self.with_pooled and isinstance(pooled, torch.Tensor)) else None
                 hit = Cond(cond.float().cpu(), None if p is None else p.cpu())

@@ -206,16 +206,30 @@ class NodeProgress:
         if tenth != self.logged_tenth or p.phase in ("calibrate", "done"):  # the console too, every 10%
             log.info("SafeCFG Train HGR: %s", text)
             self.logged_tenth = tenth
-        if self.node_id is not None and text != self.last_text:
-            try:
-                from server import PromptServer  # type: ignore
-
-                PromptServer.instance.send_progress_text(text, self.node_id)
-            except Exception:  # no server (in-process use): the bar and the log still say it
-                pass
-            self.last_text = text
+        self._show(text)
         self.pbar.update_absolute(int(self.estimate.fraction * 1000), 1000)  # raises ComfyUI's interrupt: checkpointed
         return True
+
+    def encoding(self, done: int, total: int) -> None:
+        """Before each prompt the text encoder encodes: Cancel stops here (nothing is trained yet, so nothing is
+        lost), and the node says how far the encoding is, every 16 prompts."""
+        import comfy.model_management as mm  # type: ignore
+
+        mm.throw_exception_if_processing_interrupted()
+        if done % 16 == 0:
+            self._show(f"encoding prompts with the model's text encoder: {done}/{total}")
+
+    def _show(self, text: str) -> None:
+        """``text`` on the node (below its title) when it runs in the server."""
+        if self.node_id is None or text == self.last_text:
+            return
+        try:
+            from server import PromptServer  # type: ignore
+
+            PromptServer.instance.send_progress_text(text, self.node_id)
+        except Exception:  # no server (in-process use): the bar and the log still say it
+            pass
+        self.last_text = text
 
 
 def build_session(model: Any, clip: Any, prompts: PromptSet, config: TrainConfig, name: str, retrain: bool,
@@ -228,6 +242,8 @@ def build_session(model: Any, clip: Any, prompts: PromptSet, config: TrainConfig
     out_path = hgr_save_path(name)
     ckpt, cache = checkpoint_paths(folder_paths.get_output_directory(), out_path)
     text_encoder, hgr_config = encoder_and_config(model, clip)
+    progress = NodeProgress(estimate, node_id)
+    text_encoder.on_encode = progress.encoding  # the corpus is encoded before the first step: show it, honour Cancel
     denoiser = ComfyDenoiser(model, pooled_dim=hgr_config.pooled_dim)
     steps, cfg, width, height = sample
     from dataclasses import replace
@@ -240,7 +256,7 @@ def build_session(model: Any, clip: Any, prompts: PromptSet, config: TrainConfig
         session = TrainingSession(
             text_encoder, denoiser, prompts, config, hgr_config, output_path=out_path, retrain=retrain,
             sample_latents=latent_sampler(model, text_encoder, steps, cfg, width, height, config.seed),
-            progress=NodeProgress(estimate, node_id), restart_on_mismatch=True, keep_checkpoint=False,
+            progress=progress, restart_on_mismatch=True, keep_checkpoint=False,
             calibration_prompts=calibration)
         if session.existing() is None:  # training will run: the model must take gradients through it
             uninference(model.model)
@@ -297,7 +313,11 @@ def finish(session: TrainingSession, result: Any, heldout: Tuple[Sequence[str], 
 
 def load_checkpoint(path: Any) -> Tuple[Any, Any]:
     """MODEL and CLIP of a checkpoint file, loaded by ComfyUI's own loader (what Load Checkpoint does), for the
-    headless ``train --comfyui`` command."""
+    headless ``train --comfyui`` command. Only a ``.safetensors`` file is handed to ComfyUI's loader, which would
+    unpickle anything else (the headless command checks the file's header before this)."""
+    if Path(path).suffix.lower() != ".safetensors":
+        raise TrainingInputError(f"{path} is not a .safetensors file; SafeCFG loads checkpoints only as safetensors "
+                                 "(never unpickled). Convert it to .safetensors first.")
     import comfy.sd  # type: ignore
 
     out = comfy.sd.load_checkpoint_guess_config(str(path), output_vae=False, output_clip=True)

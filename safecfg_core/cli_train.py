@@ -196,7 +196,8 @@ def _report(result: TrainResult, out: Path, ckpt: Path, seconds: float, as_json:
     if summary.get("resumed_from"):
         print(f"resumed from the checkpoint at step {summary['resumed_from']}")
     print(f"saved {out}: {bundle.describe()}")
-    print(f"trained {summary['steps']} steps in {_fmt_s(seconds)}; final loss {summary['final_loss']:.4f}; "
+    steps = f"{summary['steps']} step" + ("" if summary["steps"] == 1 else "s")
+    print(f"trained {steps} in {_fmt_s(seconds)}; final loss {summary['final_loss']:.4f}; "
           f"{summary['denoiser_rows']} denoiser rows in {summary['denoiser_calls']} calls")
     if cal.get("roc_auc") is not None:
         print(f"threshold {bundle.meta.threshold:.4g} (clean fpr {cal['fpr']}); training prompts: ROC AUC "

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 
 import pytest
 
 from safecfg_core.corpus import builtin_records
 from safecfg_core.hgr import HGRBundle
+
+from pack_scripts import PACK_PREAMBLE, run_in_comfyui
 
 from .test_server import run_error
 
@@ -75,3 +78,93 @@ def test_prompt_files_are_listed_and_checked_before_training(comfy_server):
     msg = run_error(comfy_server, _graph("mine_bad", prompts="mine.txt", categories="sexual"))
     assert "SafeCFG Train HGR:" in msg and "sexual" in msg and "violence" in msg, msg
     assert not (comfy_server.hgr_dir / "mine_bad.safetensors").exists()
+
+
+NODE_PARTS_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
+    import os
+    from pathlib import Path
+    import comfy.model_management as mm
+    import folder_paths
+    from safecfg_pack.nodes.train_parts import NodeProgress, encoder_and_config
+    from safecfg_pack.safecfg_core.train.progress import RunEstimate
+    model, clip, vae = N["SafeCFGDemoModel"].execute("demo").args
+    out = {}
+    # the encoder the Train HGR nodes build: with the hook, a new prompt checks Cancel before it is encoded
+    encoder, _ = encoder_and_config(model, clip)
+    shown = []
+    progress = NodeProgress(RunEstimate(10, 4, 2), None)
+    progress._show = shown.append
+    encoder.on_encode = progress.encoding
+    encoder(["a red star on blue", "a green circle on white"])
+    out["shown"] = shown[:]
+    mm.interrupt_current_processing(True)
+    try:
+        encoder(["a red star on blue"])  # memoised: nothing to encode, nothing to stop
+        out["memo_while_cancelled"] = "returned"
+        encoder(["a new prompt, never encoded"])
+        out["new_while_cancelled"] = "returned"
+    except mm.InterruptProcessingException:
+        out["new_while_cancelled"] = "interrupted"
+    out["flag_cleared"] = not mm.processing_interrupted()
+    # the preset node cancelled before its first step: the corpus encoding stops it, nothing is sampled or written
+    calls, encoded = [], []
+    model.model.diffusion_model.register_forward_hook(lambda *a: calls.append(1))
+    encode_from_tokens = clip.encode_from_tokens
+    def counting(*a, **k):
+        encoded.append(1)
+        return encode_from_tokens(*a, **k)
+    clip.encode_from_tokens = counting
+    mm.interrupt_current_processing(True)
+    try:
+        N["SafeCFGTrainHGRPreset"].execute(model, clip, "built-in corpus (real models)", "violence", "quick",
+                                          "cancel_while_encoding", 0, False)
+        out["node"] = "finished"
+    except mm.InterruptProcessingException:
+        out["node"] = "interrupted"
+    out["denoiser_calls"], out["prompts_encoded"] = len(calls), len(encoded)
+    hgr_dir = folder_paths.get_folder_paths("hgr")[0]
+    out["written"] = sorted(f for f in os.listdir(hgr_dir) if f.startswith("cancel_while_encoding"))
+    out["checkpoints"] = sorted(str(p) for p in Path(folder_paths.get_output_directory()).rglob(
+        "cancel_while_encoding*"))
+    # a pickled checkpoint is refused by name before ComfyUI's loader could unpickle it
+    import pickle, tempfile
+    from safecfg_pack.nodes.train_parts import load_checkpoint
+    from safecfg_pack.safecfg_core.errors import TrainingInputError
+    folder = Path(tempfile.mkdtemp())
+    marker = folder / "unpickled"
+    class Trap:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+    (folder / "model.ckpt").write_bytes(pickle.dumps(Trap()))
+    try:
+        load_checkpoint(folder / "model.ckpt")
+        out["pickle"] = "loaded"
+    except TrainingInputError as exc:
+        out["pickle"] = str(exc)
+    out["unpickled"] = marker.exists()
+    print("RESULT " + json.dumps(out))
+''')
+
+
+@pytest.fixture(scope="module")
+def node_parts_run(comfyui_root):
+    """One interpreter running the script above (the demo model loads once for both tests)."""
+    return run_in_comfyui(comfyui_root, NODE_PARTS_SCRIPT)
+
+
+@pytest.mark.slow
+def test_cancel_while_the_corpus_is_encoded_stops_before_any_step(node_parts_run):
+    res = node_parts_run
+    assert res["shown"] == ["encoding prompts with the model's text encoder: 0/2"], res
+    assert res["memo_while_cancelled"] == "returned", res
+    assert res["new_while_cancelled"] == "interrupted" and res["flag_cleared"], res
+    assert res["node"] == "interrupted", res
+    # only the empty prompt that probes the encoder's widths; before, all ~180 prompts were encoded first
+    assert res["prompts_encoded"] == 1 and res["denoiser_calls"] == 0, res
+    assert res["written"] == [] and res["checkpoints"] == [], res
+
+
+@pytest.mark.slow
+def test_the_headless_loader_refuses_a_pickled_checkpoint_unopened(node_parts_run):
+    res = node_parts_run
+    assert "is not a .safetensors file" in res["pickle"] and not res["unpickled"], res

@@ -67,6 +67,7 @@ def test_train_resume_and_score_end_to_end(tmp_path: Path, capsys) -> None:
     text = capsys.readouterr().out
     assert rc == 0, text
     assert "step    60/60" in text and "saved" in text and "ROC AUC" in text
+    assert "trained 60 steps in" in text
     bundle = HGRBundle.load(out)
     assert bundle.meta.threshold is not None and set(bundle.meta.categories) == {"violence", "nudity"}
     ckpt = tmp_path / "h.ckpt.safetensors"
@@ -159,3 +160,12 @@ def test_train_target_gain_reaches_the_file_and_bad_values_are_explained(tmp_pat
                      "--out", str(tmp_path / "bad2.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "leaves out ['nudity', 'violence']" in err and "names unknown ['gore']" in err, err
+
+
+@pytest.mark.slow
+def test_one_training_step_is_said_in_the_singular(tmp_path: Path, capsys) -> None:
+    torch.set_num_threads(1)
+    out = tmp_path / "one.safetensors"
+    assert cli.main(["train", "--no-augment", "--model", "analytic", "--steps", "1", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "trained 1 step in" in text, text
