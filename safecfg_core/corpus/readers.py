@@ -64,6 +64,20 @@ class PromptRecord:
         return self.categories[0] if self.categories else None
 
 
+def line_ranges(numbers: Sequence[int], most: int = 20) -> str:
+    """Ascending line numbers as ranges, ``"3, 7-12, 40"``; after ``most`` ranges, how many lines are left (a file
+    with thousands of bad lines gets one readable line, not thousands of numbers)."""
+    runs: List[Tuple[int, int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    parts = [str(a) if a == b else f"{a}-{b}" for a, b in runs[:most]]
+    left = sum(b - a + 1 for a, b in runs[most:])
+    return ", ".join(parts) + (f" and {left} more lines after them" if left else "")
+
+
 class PromptFileError(TrainingInputError):
     """A prompt file has malformed lines. ``problems`` holds every ``(line number, message)``; the message lists the
     first 50 in full and the line numbers of the rest."""
@@ -74,7 +88,7 @@ class PromptFileError(TrainingInputError):
         shown = [f"  line {n}: {msg}" for n, msg in self.problems[:_SHOWN_PROBLEMS]]
         rest = [n for n, _ in self.problems[_SHOWN_PROBLEMS:]]
         if rest:
-            shown.append(f"  ...and {len(rest)} more malformed lines: {', '.join(map(str, rest))}")
+            shown.append(f"  ...and {len(rest)} more malformed lines: {line_ranges(rest)}")
         plural = "s" if len(self.problems) != 1 else ""
         head = f"{source}: {len(self.problems)} malformed line{plural}; fix them and run again."
         super().__init__("\n".join([head] + shown + ([hint] if hint else [])))

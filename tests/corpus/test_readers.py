@@ -8,6 +8,7 @@ import pytest
 
 from safecfg_core.corpus import (PromptFileError, PromptRecord, ReadOptions, normalize_category, parse_concepts,
                                  parse_csv, parse_jsonl, parse_labeled, parse_plain, read_concepts, read_prompt_file)
+from safecfg_core.corpus.readers import line_ranges
 from safecfg_core.errors import TrainingInputError
 
 
@@ -179,8 +180,21 @@ def test_many_problems_are_all_named_by_line_number():
     assert len(err.value.problems) == 120
     msg = str(err.value)
     assert msg.count("has no category") == 50  # the first 50 in full ...
-    listed = re.search(r"and 70 more malformed lines: ([\d, ]+)", msg).group(1)
-    assert [int(x) for x in listed.split(", ")] == list(range(51, 121))  # ... and every other line by number
+    assert "and 70 more malformed lines: 51-120\n" in msg + "\n"  # ... and every other line, as a range
+
+
+def test_scattered_problem_lines_are_listed_as_ranges_and_capped():
+    assert line_ranges([51, 52, 53, 60, 62, 63]) == "51-53, 60, 62-63"
+    # thousands of bad lines (every other line of a file): the first 20 runs, then how many lines are left
+    listed = line_ranges(list(range(1, 4001, 2)))
+    assert listed.startswith("1, 3, 5, ") and listed.endswith("37, 39 and 1980 more lines after them"), listed
+    text = "\n".join(("clean: fine " if i % 2 else "no category ") + str(i) for i in range(600))
+    with pytest.raises(PromptFileError) as err:
+        parse_labeled(text, "mixed.txt")
+    assert len(err.value.problems) == 300
+    assert "and 250 more malformed lines: 101, 103," in str(err.value)
+    rest_line = next(line for line in str(err.value).splitlines() if "more malformed lines" in line)
+    assert len(rest_line) < 200, "one readable line, not hundreds of numbers"
 
 
 def test_concepts_file(tmp_path: Path):
