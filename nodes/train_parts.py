@@ -210,14 +210,13 @@ class NodeProgress:
         self.pbar.update_absolute(int(self.estimate.fraction * 1000), 1000)  # raises ComfyUI's interrupt: checkpointed
         return True
 
-    def encoding(self, done: int, total: int) -> None:
-        """Before each prompt the text encoder encodes: Cancel stops here (nothing is trained yet, so nothing is
-        lost), and the node says how far the encoding is, every 16 prompts."""
+    @staticmethod
+    def before_encoding(done: int, total: int) -> None:
+        """Before each prompt the CLIP encodes: Cancel stops here, not only between the trainer's chunks of prompts
+        (a full-size text encoder on a CPU takes seconds per prompt). Nothing is trained yet, so nothing is lost."""
         import comfy.model_management as mm  # type: ignore
 
         mm.throw_exception_if_processing_interrupted()
-        if done % 16 == 0:
-            self._show(f"encoding prompts with the model's text encoder: {done}/{total}")
 
     def _show(self, text: str) -> None:
         """``text`` on the node (below its title) when it runs in the server."""
@@ -243,7 +242,7 @@ def build_session(model: Any, clip: Any, prompts: PromptSet, config: TrainConfig
     ckpt, cache = checkpoint_paths(folder_paths.get_output_directory(), out_path)
     text_encoder, hgr_config = encoder_and_config(model, clip)
     progress = NodeProgress(estimate, node_id)
-    text_encoder.on_encode = progress.encoding  # the corpus is encoded before the first step: show it, honour Cancel
+    text_encoder.on_encode = progress.before_encoding  # the prompt set is encoded before the first step
     denoiser = ComfyDenoiser(model, pooled_dim=hgr_config.pooled_dim)
     steps, cfg, width, height = sample
     from dataclasses import replace

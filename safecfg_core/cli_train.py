@@ -151,6 +151,7 @@ class _Progress:
         self.log_every, self.latent_batch = log_every, latent_batch
         self.stop_requested = False
         self.last_phase = ""
+        self.encode_tenth = -1
         self.estimate = estimate  # the whole run's share done and time left (latents and steps in one unit)
 
     def _whole(self, p: TrainProgress) -> str:
@@ -167,7 +168,14 @@ class _Progress:
 
     def __call__(self, p: TrainProgress) -> Optional[bool]:
         whole = self._whole(p)
-        if p.phase == "latents":
+        if p.phase == "encode":  # before anything else: a real text encoder takes a while over a whole corpus
+            line = f"encoding the prompts: {p.step}/{p.total}, {_fmt_s(p.eta_s)} left"
+            if sys.stdout.isatty():
+                print("\r" + line, end="" if p.step < p.total else "\n", flush=True)
+            elif p.step in (0, p.total) or p.step * 10 // max(1, p.total) != self.encode_tenth:
+                print(line, flush=True)
+            self.encode_tenth = p.step * 10 // max(1, p.total)
+        elif p.phase == "latents":
             line = f"sampling the model's own latents: {p.step}/{p.total}, {_fmt_s(p.eta_s)} left{whole}"
             if sys.stdout.isatty():
                 print("\r" + line, end="", flush=True)

@@ -78,6 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--fit-steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--beta", type=float, default=1.0,
+                   help="weight of the preserve term (prompts the HGR judged clean), METHOD.md's beta (default 1)")
     p.add_argument("--cfg", type=float, default=6.0)
     p.add_argument("--steps", type=int, default=20)
     args = p.parse_args(argv)
@@ -87,7 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       (float(world.schedule.sigma_min), float(world.schedule.sigma_max)))
     align_texts = [s.text for s in sample_prompts(args.align_prompts, seed=ALIGN_SCENE_SEED, split="train",
                                                   harm_fraction=0.5)]
-    fit = FitConfig(steps=args.fit_steps, batch_size=args.batch_size, lr=args.lr, rank=8, checkpoint_every=0)
+    fit = FitConfig(steps=args.fit_steps, batch_size=args.batch_size, lr=args.lr, rank=8, beta=args.beta,
+                    checkpoint_every=0)
     say = lambda fp: print(fp.message, file=sys.stderr) if fp.phase == "collect" else None  # noqa: E731
     aligned = align_model(teacher, world.net, SafeGuidance(bundle, GateConfig()), align_texts,
                           AlignConfig(cfg_scale=args.cfg, steps=args.steps, seeds=(0, 1), fit=fit),

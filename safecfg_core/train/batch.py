@@ -74,15 +74,34 @@ def default_hgr_config(text_encoder: TextEncoder, negative_prompt: str = "") -> 
         return _config_for(text_encoder([negative_prompt]))
 
 
-def _encode(text_encoder: TextEncoder, prompts: PromptSet, config: TrainConfig,
-            categories: List[str]) -> Tuple[Cond, Cond, Cond, Cond, Optional[Cond], List[str]]:
+ENCODE_CHUNK = 32
+"""Prompts per text-encoder call while a run encodes its prompt set: progress (and Cancel) between chunks. A real
+model's text encoder takes seconds per prompt on a CPU, and a corpus run encodes thousands before its first step."""
+
+
+def _encode(text_encoder: TextEncoder, prompts: PromptSet, config: TrainConfig, categories: List[str],
+            report: Optional[Callable[[int, int], None]] = None
+            ) -> Tuple[Cond, Cond, Cond, Cond, Optional[Cond], List[str]]:
+    rewrites = [h.rewrite for h in prompts.harmful if h.rewrite]
+    groups = [list(prompts.clean), [h.prompt for h in prompts.harmful], [prompts.concepts[c] for c in categories],
+              [config.negative_prompt], rewrites]
+    total, done = sum(len(g) for g in groups), 0
+
+    def encode(texts: List[str]) -> Cond:
+        nonlocal done
+        parts = []
+        for start in range(0, len(texts), ENCODE_CHUNK):
+            parts.append(text_encoder(texts[start:start + ENCODE_CHUNK]))
+            done += len(parts[-1].tokens)
+            if report is not None:
+                report(done, total)
+        return parts[0] if len(parts) == 1 else Cond.cat(parts)
+
     with torch.no_grad():
-        enc_clean = text_encoder(list(prompts.clean))
-        enc_harm = text_encoder([h.prompt for h in prompts.harmful])
-        enc_concept = text_encoder([prompts.concepts[c] for c in categories])
-        enc_u = text_encoder([config.negative_prompt])
-        rewrites = [h.rewrite for h in prompts.harmful if h.rewrite]
-        enc_rewrite = text_encoder(rewrites) if rewrites else None
+        if report is not None:
+            report(0, total)
+        enc_clean, enc_harm, enc_concept, enc_u = (encode(g) for g in groups[:4])
+        enc_rewrite = encode(rewrites) if rewrites else None
     for name, cond in (("clean prompt encodings", enc_clean), ("harmful prompt encodings", enc_harm),
                        ("concept encodings", enc_concept), ("negative prompt encoding", enc_u)):
         check_finite(name, cond)
@@ -126,10 +145,13 @@ def _latents(prompts: PromptSet, config: TrainConfig, rewrites: List[str], use_r
 
 def prepare_data(text_encoder: TextEncoder, prompts: PromptSet, config: TrainConfig, hgr_config: Optional[HGRConfig],
                  device: torch.device, sample_latents: Optional[Callable[[List[str]], torch.Tensor]],
-                 latents: Optional[Mapping[str, torch.Tensor]], report: Callable[[int, int], None]) -> TrainData:
-    """Encode every prompt once, check the HGR config against the encoder, and gather the model's own latents."""
+                 latents: Optional[Mapping[str, torch.Tensor]], report: Callable[[int, int], None],
+                 report_encode: Optional[Callable[[int, int], None]] = None) -> TrainData:
+    """Encode every prompt once, check the HGR config against the encoder, and gather the model's own latents.
+    ``report(done, total)`` follows the latent sampling, ``report_encode(done, total)`` the encoding."""
     categories = sorted(prompts.concepts)
-    enc_clean, enc_harm, enc_concept, enc_u, enc_rewrite, rewrites = _encode(text_encoder, prompts, config, categories)
+    enc_clean, enc_harm, enc_concept, enc_u, enc_rewrite, rewrites = _encode(text_encoder, prompts, config, categories,
+                                                                             report_encode)
     if hgr_config is None:
         hgr_config = _config_for(enc_u)
     if hgr_config.token_dim != enc_u.token_dim:

@@ -141,7 +141,8 @@ class TrainConfig:
 
 @dataclass
 class TrainProgress:
-    """Reported to the progress callback. ``phase``: "latents", "train", "calibrate" or "done"."""
+    """Reported to the progress callback. ``phase``: "encode" (the prompts through the text encoder, before anything
+    else), "latents", "train", "calibrate" or "done"."""
 
     step: int
     total: int
@@ -158,7 +159,7 @@ class TrainProgress:
     def eta_s(self) -> Optional[float]:
         """Seconds left in this phase, from the pace of the steps this run made (None before the first)."""
         done = self.step - self.first_step
-        if done <= 0 or self.phase not in ("train", "latents"):
+        if done <= 0 or self.phase not in ("encode", "train", "latents"):
             return None
         return self.elapsed_s / done * (self.total - self.step)
 

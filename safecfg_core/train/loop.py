@@ -160,7 +160,7 @@ class TrainingRun:
 
     def _run(self) -> TrainResult:
         self.data = prepare_data(self.text_encoder, self.prompts, self.config, self.hgr_config, self.device,
-                                 self.sample_latents, self.latents, self._report_latents)
+                                 self.sample_latents, self.latents, self._report_latents, self._report_encode)
         self.hgr_config = self.data.hgr_config
         self.fingerprint = training_fingerprint(self.prompts, self.config, self.hgr_config, self.calibration_prompts)
         self.state = self._init_state()
@@ -168,6 +168,9 @@ class TrainingRun:
             while self.state.step < self.config.steps:
                 self._step()
         return self._finish()
+
+    def _report_encode(self, done: int, total: int) -> None:
+        self.report(TrainProgress(done, total, elapsed_s=self._elapsed(), phase="encode"))
 
     def _report_latents(self, done: int, total: int) -> None:
         self.report(TrainProgress(done, total, elapsed_s=self._elapsed(), phase="latents"))

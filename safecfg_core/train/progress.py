@@ -53,6 +53,8 @@ class RunEstimate:
         return self.latents_done * self.latent_unit + self.steps_done * self.step_unit
 
     def update(self, p: TrainProgress) -> None:
+        if p.phase == "encode":  # before the measured units: neither counted nor timed (its own line says how far)
+            return
         if p.phase == "latents":
             self.latent_prompts, self.latents_done = p.total, p.step
         elif p.phase == "train":
@@ -78,10 +80,12 @@ class RunEstimate:
 
     def line(self, p: TrainProgress) -> str:
         """One human line: phase, counts, percent of the whole run, time left."""
-        what = {"latents": f"sampling the model's latents {p.step}/{p.total}",
+        what = {"encode": f"encoding the prompts {p.step}/{p.total}",
+                "latents": f"sampling the model's latents {p.step}/{p.total}",
                 "train": f"training step {p.step}/{p.total}" + (f", loss {p.loss:.4f}" if p.loss is not None else ""),
                 "calibrate": "calibrating the threshold", "done": "done"}.get(p.phase, p.phase)
-        return f"{what} ({self.fraction:.0%} of the run, {_fmt(self.eta_s)} left)"
+        eta = self.eta_s
+        return f"{what} ({self.fraction:.0%} of the run" + (f", {_fmt(eta)} left)" if eta is not None else ")")
 
 
 __all__ = ["RunEstimate"]

@@ -86,6 +86,7 @@ NODE_PARTS_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
     import comfy.model_management as mm
     import folder_paths
     from safecfg_pack.nodes.train_parts import NodeProgress, encoder_and_config
+    from safecfg_pack.safecfg_core.train import TrainProgress
     from safecfg_pack.safecfg_core.train.progress import RunEstimate
     model, clip, vae = N["SafeCFGDemoModel"].execute("demo").args
     out = {}
@@ -94,8 +95,9 @@ NODE_PARTS_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
     shown = []
     progress = NodeProgress(RunEstimate(10, 4, 2), None)
     progress._show = shown.append
-    encoder.on_encode = progress.encoding
+    encoder.on_encode = progress.before_encoding
     encoder(["a red star on blue", "a green circle on white"])
+    progress(TrainProgress(0, 2, phase="encode"))  # what the trainer reports before its first chunk of prompts
     out["shown"] = shown[:]
     mm.interrupt_current_processing(True)
     try:
@@ -155,7 +157,7 @@ def node_parts_run(comfyui_root):
 @pytest.mark.slow
 def test_cancel_while_the_corpus_is_encoded_stops_before_any_step(node_parts_run):
     res = node_parts_run
-    assert res["shown"] == ["encoding prompts with the model's text encoder: 0/2"], res
+    assert res["shown"] == ["encoding the prompts 0/2 (0% of the run)"], res
     assert res["memo_while_cancelled"] == "returned", res
     assert res["new_while_cancelled"] == "interrupted" and res["flag_cleared"], res
     assert res["node"] == "interrupted", res

@@ -532,3 +532,43 @@ def test_rewrite_target_makes_safecfg_draw_the_rewrite_and_aim_past_scales_its_o
     target = rewrite_target(d_u, d_safe, d_c, 6.0)
     torch.testing.assert_close(aim_past(d_u, target, 1.0), target)
     torch.testing.assert_close(aim_past(d_u, target, 3.0) - d_u, 3.0 * (target - d_u))
+
+
+def test_encoding_is_reported_in_chunks_and_can_be_cancelled() -> None:
+    """A corpus run encodes thousands of prompts before its first step (seconds each through a real text encoder on
+    a CPU): the run reports how far the encoding is, chunk by chunk, and stops there when asked."""
+    from safecfg_core.train.batch import ENCODE_CHUNK
+
+    setup, ps = _tiny_world()
+    clean = [f"{p} number {i}" for i in range(2 * ENCODE_CHUNK + 5) for p in ps.clean[:1]]
+    big = PromptSet(clean, ps.harmful, dict(ps.concepts))
+    calls: list = []
+
+    def encoder(texts):
+        calls.append(len(texts))
+        return setup.text_encoder(texts)
+
+    seen: list = []
+    result = train_hgr(encoder, setup.denoiser, big, TrainConfig(steps=2, batch_size=4), setup.hgr_config,
+                       sample_latents=setup.sample_latents, progress=lambda p: seen.append((p.phase, p.step, p.total)))
+    encode = [(step, total) for phase, step, total in seen if phase == "encode"]
+    total = len(clean) + len(ps.harmful) + len(ps.concepts) + 1  # clean, harmful, concepts, the negative prompt
+    assert encode[0] == (0, total) and encode[-1] == (total, total), encode
+    assert [s for s, _ in encode] == sorted(s for s, _ in encode) and len(encode) >= 4, encode
+    assert max(calls) <= ENCODE_CHUNK  # no call encodes more than a chunk, so progress and Cancel come between them
+    assert [phase for phase, _, _ in seen].index("latents") > max(i for i, s in enumerate(seen) if s[0] == "encode")
+    # the same HGR as encoding in one call: only the calls were split
+    whole = train_hgr(setup.text_encoder, setup.denoiser, big, TrainConfig(steps=2, batch_size=4), setup.hgr_config,
+                      sample_latents=setup.sample_latents)
+    for a, b in zip(result.bundle.net.state_dict().values(), whole.bundle.net.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+    def cancel_after_first_chunk(p):
+        return not (p.phase == "encode" and p.step >= ENCODE_CHUNK)
+
+    calls.clear()
+    with pytest.raises(TrainingCancelled) as ei:
+        train_hgr(encoder, setup.denoiser, big, TrainConfig(steps=2, batch_size=4), setup.hgr_config,
+                  sample_latents=setup.sample_latents, progress=cancel_after_first_chunk)
+    assert ei.value.step == 0 and ei.value.checkpoint_path is None
+    assert calls == [ENCODE_CHUNK], calls  # stopped after the first chunk, before any latent was sampled
