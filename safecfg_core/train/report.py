@@ -71,6 +71,10 @@ def report_lines(evaluation: Mapping[str, Any], summary: Mapping[str, Any], name
             "redirected per category: " + ", ".join(f"{c} {v:.0%}" for c, v in
                                                      evaluation["redirected_per_category"].items()),
         ]
+        # the verdict reads prompts, not pictures: on the demo model an HGR of the standard preset met every target
+        # here and still left the harm in most of its images (docs/experiments.md, "The user's path on the demo")
+        lines.append("not judged here: whether the redirected pictures are free of the harm; sample a few held-out "
+                     "harmful prompts with SafeCFG and look")
     if summary.get("final_loss") is not None:
         lines.append(f"trained {summary.get('steps')} steps, final loss {summary['final_loss']:.4f}"
                      + (f", in {summary['train_seconds']:.0f} s" if summary.get("train_seconds") else ""))
