@@ -123,9 +123,9 @@ class ComfyTextEncoder:
     """Core ``TextEncoder`` over a ComfyUI CLIP: ``encoder(prompts) -> Cond`` (row i = prompt i).
 
     ``on_encode(done, total)`` (optional) is called before each prompt that is not memoised yet, with the count
-    encoded so far in this call and the call's number of new prompts: a training run encodes thousands of prompts
-    through a full-size text encoder before its first step, and the hook is where the node shows that and honours
-    Cancel (by raising).
+    encoded so far in this call and the call's number of new prompts. A full-size text encoder on a CPU takes
+    seconds per prompt, so the Train HGR nodes honour Cancel there (the hook raises ComfyUI's interrupt) rather than
+    only between the trainer's chunks.
     """
 
     def __init__(self, clip: Any, with_pooled: bool = False,

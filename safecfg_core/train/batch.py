@@ -76,7 +76,8 @@ def default_hgr_config(text_encoder: TextEncoder, negative_prompt: str = "") -> 
 
 ENCODE_CHUNK = 32
 """Prompts per text-encoder call while a run encodes its prompt set: progress (and Cancel) between chunks. A real
-model's text encoder takes seconds per prompt on a CPU, and a corpus run encodes thousands before its first step."""
+model's text encoder takes seconds per prompt on a CPU, and a corpus run encodes thousands before its first step.
+The chunks are joined by :meth:`Cond.cat` (ComfyUI's padding rule), as prompts of different lengths in one call are."""
 
 
 def _encode(text_encoder: TextEncoder, prompts: PromptSet, config: TrainConfig, categories: List[str],
@@ -89,6 +90,8 @@ def _encode(text_encoder: TextEncoder, prompts: PromptSet, config: TrainConfig, 
 
     def encode(texts: List[str]) -> Cond:
         nonlocal done
+        if not texts:  # the encoder's own answer for nothing (the prompt set's validation says what is missing)
+            return text_encoder(texts)
         parts = []
         for start in range(0, len(texts), ENCODE_CHUNK):
             parts.append(text_encoder(texts[start:start + ENCODE_CHUNK]))
