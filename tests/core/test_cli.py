@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,8 @@ def test_train_resume_and_score_end_to_end(tmp_path: Path, capsys) -> None:
     assert rc == 0, text
     assert "step    60/60" in text and "saved" in text and "ROC AUC" in text
     assert "trained 60 steps in" in text
+    encoding = re.findall(r"^encoding the prompts: (\d+)/(\d+)", text, re.M)  # before the first step, to the end
+    assert encoding[0][0] == "0" and encoding[-1][0] == encoding[-1][1] != "0", encoding
     bundle = HGRBundle.load(out)
     assert bundle.meta.threshold is not None and set(bundle.meta.categories) == {"violence", "nudity"}
     ckpt = tmp_path / "h.ckpt.safetensors"
