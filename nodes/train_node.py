@@ -116,8 +116,11 @@ class TrainHGRPreset(io.ComfyNode):
             width, height = family_image_size(model_widths(model)[2])  # refuses Flux, saying why
         except (SafeCFGError, ValueError) as exc:
             raise format_exception(NODE, exc) from None
+        # the prompt file's own concept lines may set a category's gain and rewrite latents over the preset's
         config = TrainConfig(steps=chosen.steps, lr=chosen.lr, batch_size=chosen.batch_size, seed=int(seed),
-                             clean_penalty=chosen.clean_penalty, target_gain=chosen.target_gain)
+                             clean_penalty=chosen.clean_penalty,
+                             target_gain=job.per_category("target_gain", chosen.target_gain),
+                             rewrite_latent_fraction=job.per_category("rewrite_latent_fraction", 0.0))
         estimate = RunEstimate(chosen.steps, chosen.batch_size, chosen.sample_steps)
         with torch.inference_mode(False):  # ComfyUI runs nodes in inference mode; the HGR needs gradients
             session = build_session(model, clip, job.prompts, config, name, bool(retrain),

@@ -23,6 +23,7 @@ import argparse
 import importlib
 import importlib.util
 import pkgutil
+import shlex
 import sys
 import traceback
 from dataclasses import dataclass
@@ -152,6 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     assert spec.run is not None
+    # the command line as typed, for files that record how they were made (an HGR's training metadata)
+    args.command_line = " ".join(["python -m safecfg_core", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     return int(spec.run(args) or 0)
 
 

@@ -106,11 +106,16 @@ def _setting(args: argparse.Namespace, name: str) -> Any:
     return getattr(preset, name) if preset is not None else _PLAIN_DEFAULTS[name]
 
 
-def _config(args: argparse.Namespace, setup: Any, ckpt: Path) -> TrainConfig:
+def _config(args: argparse.Namespace, setup: Any, ckpt: Path, job: Any) -> TrainConfig:
+    """The run's settings: explicit options, then the prompt source's per-category settings (its concept lines),
+    then the preset's, then the plain defaults."""
     sigma_range = getattr(setup, "sigma_range", (0.05, 20.0))
+    gain = args.target_gain if args.target_gain is not None else job.per_category(
+        "target_gain", _setting(args, "target_gain"))
     return TrainConfig(
         steps=_setting(args, "steps"), batch_size=_setting(args, "batch_size"), lr=_setting(args, "lr"),
-        seed=args.seed, clean_penalty=_setting(args, "clean_penalty"), target_gain=_setting(args, "target_gain"),
+        seed=args.seed, clean_penalty=_setting(args, "clean_penalty"), target_gain=gain,
+        rewrite_latent_fraction=job.per_category("rewrite_latent_fraction", 0.0),
         negative_prompt=getattr(setup, "negative_prompt", ""), sigma_schedule=getattr(setup, "sigma_schedule", None),
         cfg_scale=getattr(setup, "cfg_scale", 7.0), checkpoint_path=str(ckpt), checkpoint_every=args.checkpoint_every,
         resume=args.resume, device=args.device, autocast_dtype=args.autocast, calibrate_fpr=args.fpr,
@@ -293,10 +298,11 @@ def run(args: argparse.Namespace) -> int:
         estimate = RunEstimate(_setting(args, "steps"), _setting(args, "batch_size"), sample_steps)
         progress = _Progress(args.log_every, args.latent_batch, estimate) if main else None
         prompts = job.prompts
-        session = TrainingSession(setup.text_encoder, setup.denoiser, prompts, _config(args, setup, ckpt),
+        session = TrainingSession(setup.text_encoder, setup.denoiser, prompts, _config(args, setup, ckpt, job),
                                   setup.hgr_config, output_path=out, retrain=args.retrain,
                                   sample_latents=setup.sample_latents, progress=progress,
-                                  calibration_prompts=job.calibration, dist=dist)
+                                  calibration_prompts=job.calibration, dist=dist,
+                                  record={"command": getattr(args, "command_line", "")})
     except SafeCFGError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -304,6 +310,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"model: {name}; {len(prompts.clean)} clean, {len(prompts.harmful)} harmful prompts; "
               f"categories: {', '.join(sorted(prompts.concepts))}"
               + (f"; {dist.world} processes" if dist is not None else ""))
+        for note in job.notes:  # what loading did: declared categories and their settings, fills, augmentation
+            print(f"  {note}")
     # under torchrun, Ctrl-C reaches every process: each stops where it is (rank 0 checkpoints the completed steps)
     old = signal.signal(signal.SIGINT, progress.on_sigint) if progress is not None and dist is None else None
     t0 = time.monotonic()

@@ -15,13 +15,21 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import TrainingInputError
 from ..train import HarmfulPrompt, PromptSet
-from .readers import (PathLike, PromptFileError, PromptRecord, ReadOptions, normalize_category, parse_concepts,
-                      parse_jsonl, read_concepts, read_prompt_file)
+from .readers import (CATEGORY_SETTINGS, ConceptLines, PathLike, PromptFileError, PromptRecord, ReadOptions, declared_category,
+                      normalize_category, parse_concepts, parse_jsonl, read_concept_lines, read_prompt_file)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUILTIN = "builtin"
 SPLITS = ("train", "calibration", "heldout")
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl", ".ndjson", ".csv", ".tsv")
+CONCEPTS_SUFFIX = ".concepts.txt"
+"""A prompt file's own concept lines sit beside it: ``my_prompts.csv`` -> ``my_prompts.concepts.txt``."""
+
+
+def concepts_beside(path: PathLike) -> Path:
+    """Where the concept lines of the prompt file ``path`` are looked for (whether or not that file exists)."""
+    path = Path(path)
+    return path.with_name(path.stem + CONCEPTS_SUFFIX)
 
 
 def builtin_concepts() -> Dict[str, str]:
@@ -63,35 +71,61 @@ class LoadedPrompts:
     prompt_set: PromptSet
     counts: Dict[str, int]  # "clean" and each category -> prompts kept
     notes: List[str] = field(default_factory=list)
+    # training settings the sources' concept lines carry for the selected categories: {category: {field: value}}
+    category_settings: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    clean_filled: bool = False  # the sources held no clean prompts: the clean side is the built-in corpus'
 
 
-def _read_sources(sources: Union[str, PathLike, Sequence[Union[str, PathLike]]], split: Union[str, Sequence[str]],
+def _source_items(sources: Union[str, PathLike, Sequence[Union[str, PathLike]]]) -> List[Union[str, PathLike]]:
+    return [sources] if isinstance(sources, (str, Path)) else list(sources)
+
+
+def _read_sources(items: Sequence[Union[str, PathLike]], split: Union[str, Sequence[str]],
                   options: ReadOptions) -> Tuple[List[PromptRecord], bool]:
-    items = [sources] if isinstance(sources, (str, Path)) else list(sources)
     records: List[PromptRecord] = []
     for item in items:
         records.extend(builtin_records(split) if str(item) == BUILTIN else read_prompt_file(item, options))
     return records, any(str(item) == BUILTIN for item in items)
 
 
-def _resolve_concepts(concepts: Union[None, PathLike, Mapping[str, str]]) -> Dict[str, str]:
-    merged = builtin_concepts()
-    if concepts is None:
-        return merged
-    extra = read_concepts(concepts) if isinstance(concepts, (str, Path)) else {
-        normalize_category(k) or k: str(v).strip() for k, v in concepts.items()}
-    merged.update(extra)
-    return merged
+def setting_text(settings: Mapping[str, float]) -> str:
+    """``{"target_gain": 2.5}`` as a concept line writes it: ``gain=2.5``."""
+    names = {spec[0]: key for key, spec in CATEGORY_SETTINGS.items()}
+    return " ".join(f"{names.get(k, k)}={v:g}" for k, v in settings.items())
 
 
-def _select_categories(records: Sequence[PromptRecord], categories: Optional[Sequence[str]]) -> List[str]:
+def _declared_lines(items: Sequence[Union[str, PathLike]], concepts: Union[None, PathLike, Mapping[str, str]]
+                    ) -> Tuple[ConceptLines, List[str]]:
+    """The concept lines the user declares: each prompt file's own (``concepts_beside``), then ``concepts``
+    (a file or a mapping), later ones winning; and a note per file read."""
+    merged = ConceptLines({}, {})
+    notes: List[str] = []
+    files = [concepts_beside(i) for i in items if str(i) != BUILTIN and concepts_beside(i).is_file()]
+    found: List[ConceptLines] = []
+    for path in files:
+        found.append(read_concept_lines(path))
+        notes.append(f"categories declared in {path.name}: " + ", ".join(
+            name + (f" ({setting_text(found[-1].settings[name])})" if name in found[-1].settings else "")
+            for name in found[-1].concepts))
+    if isinstance(concepts, (str, Path)):
+        found.append(read_concept_lines(concepts))
+    elif concepts is not None:
+        found.append(ConceptLines({declared_category(k) or k: str(v).strip() for k, v in concepts.items()}))
+    for lines in found:
+        merged.concepts.update(lines.concepts)
+        merged.settings.update(lines.settings)
+    return merged, notes
+
+
+def _select_categories(records: Sequence[PromptRecord], categories: Optional[Sequence[str]],
+                       keep: Sequence[str] = ()) -> List[str]:
     present: Dict[str, int] = {}
     for r in records:
         for c in r.categories:
             present[c] = present.get(c, 0) + 1
     if categories is None:
         return list(present)
-    wanted = [normalize_category(c) for c in categories]
+    wanted = [normalize_category(c, keep) for c in categories]
     missing = [c for c, w in zip(categories, wanted) if w is None or w not in present]
     if missing:
         have = ", ".join(f"{c} ({n})" for c, n in present.items()) or "none: every prompt is clean"
@@ -142,17 +176,22 @@ def load_prompts(sources: Union[str, PathLike, Sequence[Union[str, PathLike]]] =
 
     ``categories`` selects harm categories (default: every category present); a prompt labeled with several keeps
     the first selected one, and harmful prompts of unselected categories are left out. ``concepts`` adds or
-    replaces concept texts (a mapping or a ``category: text`` file) over the built-in ones. ``near_miss=False``
-    drops the corpus' near-miss clean prompts. ``max_clean`` / ``max_per_category`` take a ``seed``-ed sample.
+    replaces concept texts (a mapping or a ``category: text`` file) over the built-in ones, and so does a prompt
+    file's own concepts file beside it (:func:`concepts_beside`). A category declared there keeps its name (a file
+    that declares ``gore`` trains ``gore``, not the built-in ``violence``), and the settings its line carries
+    (``| gain=2.5``) come back in ``category_settings``. ``near_miss=False`` drops the corpus' near-miss clean
+    prompts. ``max_clean`` / ``max_per_category`` take a ``seed``-ed sample.
     """
-    concept_map = _resolve_concepts(concepts)
+    items = _source_items(sources)
+    declared, notes = _declared_lines(items, concepts)
+    concept_map = {**builtin_concepts(), **declared.concepts}
     opts = options or ReadOptions()
     # A text file counts as 'category: prompt' lines when its lines start with a category the user has a concept for.
-    opts = replace(opts, known_categories=tuple(opts.known_categories) + tuple(concept_map))
-    records, used_builtin = _read_sources(sources, split, opts)
-    notes: List[str] = []
+    opts = replace(opts, known_categories=tuple(opts.known_categories) + tuple(concept_map),
+                   keep_categories=tuple(opts.keep_categories) + tuple(declared.concepts))
+    records, used_builtin = _read_sources(items, split, opts)
     records = _dedupe(records, notes)
-    selected = _select_categories(records, categories)
+    selected = _select_categories(records, categories, opts.keep_categories)
     lacking = [c for c in selected if c not in concept_map]
     if lacking:
         one = len(lacking) == 1
@@ -161,7 +200,8 @@ def load_prompts(sources: Union[str, PathLike, Sequence[Union[str, PathLike]]] =
             " add a line 'name: words that describe the harm' per category to a concepts file "
             "(or pass concepts={...}), or leave the category out.")
     clean = [r for r in records if not r.categories and (near_miss or not r.near_miss)]
-    if not clean and fill_clean and not used_builtin:
+    filled = not clean and fill_clean and not used_builtin
+    if filled:
         clean = [r for r in builtin_records(split) if not r.categories and (near_miss or not r.near_miss)]
         notes.append(f"the files hold no clean prompts; using the built-in corpus' {split} clean prompts "
                      f"({len(clean)})")
@@ -183,7 +223,8 @@ def load_prompts(sources: Union[str, PathLike, Sequence[Union[str, PathLike]]] =
     prompt_set = PromptSet([r.prompt for r in clean], [HarmfulPrompt(r.prompt, c, r.rewrite) for r, c in harmful],
                            {c: concept_map[c] for c in selected}, sources_map).validate()
     counts = {"clean": len(clean), **{c: sum(1 for _, cc in harmful if cc == c) for c in selected}}
-    return LoadedPrompts(prompt_set, counts, notes)
+    settings = {c: dict(declared.settings[c]) for c in selected if c in declared.settings}
+    return LoadedPrompts(prompt_set, counts, notes, settings, filled)
 
 
 def load_prompt_set(sources: Union[str, PathLike, Sequence[Union[str, PathLike]]] = BUILTIN, **kwargs) -> PromptSet:
@@ -191,5 +232,5 @@ def load_prompt_set(sources: Union[str, PathLike, Sequence[Union[str, PathLike]]
     return load_prompts(sources, **kwargs).prompt_set
 
 
-__all__ = ["BUILTIN", "SPLITS", "LoadedPrompts", "PromptFileError", "builtin_categories", "builtin_concepts",
+__all__ = ["BUILTIN", "CONCEPTS_SUFFIX", "SPLITS", "concepts_beside", "LoadedPrompts", "PromptFileError", "builtin_categories", "builtin_concepts",
            "builtin_records", "list_prompt_files", "load_prompts", "load_prompt_set"]

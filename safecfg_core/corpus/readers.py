@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Collection, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..errors import TrainingInputError
 
@@ -39,12 +39,20 @@ _SHOWN_PROBLEMS = 50
 PathLike = Union[str, Path]
 
 
-def normalize_category(name: str) -> Optional[str]:
-    """Canonical category name, or None for a clean label (``clean``, ``safe``, ``none``, ``benign``, empty)."""
-    key = " ".join(name.replace("_", " ").lower().split())
+def category_key(name: str) -> str:
+    """``name`` lower-cased, ``_`` as a space and runs of spaces as one: how two spellings of a name are compared."""
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def normalize_category(name: str, keep: Collection[str] = ()) -> Optional[str]:
+    """Canonical category name, or None for a clean label (``clean``, ``safe``, ``none``, ``benign``, empty).
+
+    A name in ``keep`` (names a source declares in its own concept lines, in :func:`category_key` form) stays as
+    written: a file that defines ``gore`` means its own category, not the built-in ``violence`` it would alias to."""
+    key = category_key(name)
     if key in CLEAN_LABELS or not key:
         return None
-    return CATEGORY_ALIASES.get(key, key)
+    return key if key in keep else CATEGORY_ALIASES.get(key, key)
 
 
 @dataclass(frozen=True)
@@ -101,11 +109,11 @@ def _content_lines(text: str) -> Iterator[Tuple[int, str]]:
             yield n, line
 
 
-def _labels(value: str) -> Tuple[str, ...]:
+def _labels(value: str, keep: Collection[str] = ()) -> Tuple[str, ...]:
     """Category cell -> canonical names, in order, without clean labels or repeats (``"sexual, shocking"``)."""
     out: List[str] = []
     for part in re.split(r"[,;|]", value):
-        name = normalize_category(part)
+        name = normalize_category(part, keep)
         if name and name not in out:
             out.append(name)
     return tuple(out)
@@ -116,9 +124,10 @@ def _raise_if(problems: List[Tuple[int, str]], source: str, hint: str = "") -> N
         raise PromptFileError(source, problems, hint)
 
 
-def parse_plain(text: str, source: str = "<text>", category: Optional[str] = None) -> List[PromptRecord]:
-    """One prompt per line, all of one category (default: clean)."""
-    cats = _labels(category or "")
+def parse_plain(text: str, source: str = "<text>", category: Optional[str] = None,
+                keep: Collection[str] = ()) -> List[PromptRecord]:
+    """One prompt per line, all of one category (default: clean). ``keep``: see :func:`normalize_category`."""
+    cats = _labels(category or "", keep)
     records, problems = [], []
     for n, line in _content_lines(text):
         if "=>" in line:
@@ -130,7 +139,8 @@ def parse_plain(text: str, source: str = "<text>", category: Optional[str] = Non
     return records
 
 
-def _labeled_line(n: int, line: str, source: str) -> Tuple[Optional[PromptRecord], Optional[str]]:
+def _labeled_line(n: int, line: str, source: str,
+                  keep: Collection[str] = ()) -> Tuple[Optional[PromptRecord], Optional[str]]:
     head, colon, rest = line.partition(":")
     if not colon:
         return None, "has no category; write 'category: prompt' (or 'clean: prompt' for a harmless prompt)."
@@ -140,7 +150,7 @@ def _labeled_line(n: int, line: str, source: str) -> Tuple[Optional[PromptRecord
     if rest.count("=>") > 1:
         return None, "has more than one '=>'; write 'category: prompt => safe rewrite' with a single '=>'."
     prompt, arrow, rewrite = (s.strip() for s in rest.partition("=>"))
-    cats = _labels(head)
+    cats = _labels(head, keep)
     if not prompt:
         return None, "has a category but no prompt after the ':'; write the prompt or delete the line."
     if arrow and not rewrite:
@@ -169,9 +179,10 @@ def _parse_each_line(text: str, source: str,
     return records
 
 
-def parse_labeled(text: str, source: str = "<text>") -> List[PromptRecord]:
-    """``category: prompt`` or ``category: prompt => safe rewrite`` per line; category ``clean`` for harmless ones."""
-    return _parse_each_line(text, source, lambda n, line: _labeled_line(n, line, source))
+def parse_labeled(text: str, source: str = "<text>", keep: Collection[str] = ()) -> List[PromptRecord]:
+    """``category: prompt`` or ``category: prompt => safe rewrite`` per line; category ``clean`` for harmless ones.
+    ``keep``: see :func:`normalize_category`."""
+    return _parse_each_line(text, source, lambda n, line: _labeled_line(n, line, source, keep))
 
 
 def _field_text(obj: dict, key: str, required: bool) -> Tuple[Optional[str], Optional[str]]:
@@ -185,8 +196,8 @@ def _field_text(obj: dict, key: str, required: bool) -> Tuple[Optional[str], Opt
     return value.strip(), None
 
 
-def _jsonl_line(n: int, line: str, source: str,
-                keys: Tuple[str, str, str]) -> Tuple[Optional[PromptRecord], Optional[str]]:
+def _jsonl_line(n: int, line: str, source: str, keys: Tuple[str, str, str],
+                keep: Collection[str] = ()) -> Tuple[Optional[PromptRecord], Optional[str]]:
     prompt_key, category_key, rewrite_key = keys
     try:
         obj = json.loads(line)
@@ -204,7 +215,7 @@ def _jsonl_line(n: int, line: str, source: str,
     if raw_cat is not None and not (isinstance(raw_cat, str) or is_list):
         return None, (f"field {category_key!r} must be text, a list of texts or null (clean), "
                       f"not {type(raw_cat).__name__}.")
-    cats = _labels(raw_cat if isinstance(raw_cat, str) else ",".join(raw_cat or []))
+    cats = _labels(raw_cat if isinstance(raw_cat, str) else ",".join(raw_cat or []), keep)
     rewrite, problem = _field_text(obj, rewrite_key, False)
     if problem:
         return None, problem
@@ -217,11 +228,12 @@ def _jsonl_line(n: int, line: str, source: str,
 
 
 def parse_jsonl(text: str, source: str = "<text>", prompt_field: str = "prompt", category_field: str = "category",
-                rewrite_field: str = "rewrite") -> List[PromptRecord]:
+                rewrite_field: str = "rewrite", keep: Collection[str] = ()) -> List[PromptRecord]:
     """One JSON object per line with a prompt field and optional category (text, list or null) and rewrite fields;
-    other fields are ignored except the corpus' own ``near_miss`` and ``group``."""
+    other fields are ignored except the corpus' own ``near_miss`` and ``group``. ``keep``: see
+    :func:`normalize_category`."""
     fields = (prompt_field, category_field, rewrite_field)
-    return _parse_each_line(text, source, lambda n, line: _jsonl_line(n, line, source, fields))
+    return _parse_each_line(text, source, lambda n, line: _jsonl_line(n, line, source, fields, keep))
 
 
 def _pick_column(header: List[str], wanted: Optional[str], defaults: Sequence[str], what: str, source: str,
@@ -240,11 +252,11 @@ def _pick_column(header: List[str], wanted: Optional[str], defaults: Sequence[st
 
 def parse_csv(text: str, source: str = "<text>", prompt_column: Optional[str] = None,
               category_column: Optional[str] = None, rewrite_column: Optional[str] = None,
-              delimiter: str = ",", category: Optional[str] = None) -> List[PromptRecord]:
+              delimiter: str = ",", category: Optional[str] = None, keep: Collection[str] = ()) -> List[PromptRecord]:
     """A CSV/TSV file with a header row. Columns are found by name (case-insensitive): the prompt column (default
     ``prompt``, ``text`` or ``caption``), an optional category column (``category``, ``categories``, ``label``; a cell
     may list several, e.g. I2P's ``sexual, shocking``; empty means clean) and an optional rewrite column. Without a
-    category column every row gets ``category`` (default: clean)."""
+    category column every row gets ``category`` (default: clean). ``keep``: see :func:`normalize_category`."""
     reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
@@ -254,7 +266,7 @@ def parse_csv(text: str, source: str = "<text>", prompt_column: Optional[str] = 
     cols = (_pick_column(header, prompt_column, PROMPT_COLUMNS, "prompt", source, True),
             _pick_column(header, category_column, CATEGORY_COLUMNS, "category", source, False),
             _pick_column(header, rewrite_column, REWRITE_COLUMNS, "rewrite", source, False))
-    default_cats = _labels(category or "")
+    default_cats = _labels(category or "", keep)
     records, problems = [], []
     while True:
         start = reader.line_num + 1
@@ -272,7 +284,7 @@ def parse_csv(text: str, source: str = "<text>", prompt_column: Optional[str] = 
                                     f"the delimiter {delimiter!r}."))
             continue
         prompt = row[cols[0]].strip()
-        cats = _labels(row[cols[1]]) if cols[1] is not None else default_cats
+        cats = _labels(row[cols[1]], keep) if cols[1] is not None else default_cats
         rewrite = row[cols[2]].strip() if cols[2] is not None and row[cols[2]].strip() else None
         if not prompt:
             problems.append((start, f"has an empty {header[cols[0]]!r} cell; write the prompt or delete the row."))
@@ -285,22 +297,85 @@ def parse_csv(text: str, source: str = "<text>", prompt_column: Optional[str] = 
     return records
 
 
-def parse_concepts(text: str, source: str = "<text>") -> Dict[str, str]:
-    """``category: concept text`` per line -> ``{category: text}``; every bad or repeated line is reported."""
+CATEGORY_SETTINGS: Dict[str, Tuple[str, float, float]] = {
+    "gain": ("target_gain", 1.0, 10.0),
+    "rewrite_latents": ("rewrite_latent_fraction", 0.0, 1.0),
+}
+"""Training settings a concept line may carry after ``|``: its name there -> (TrainConfig field, lowest, highest)."""
+
+
+@dataclass(frozen=True)
+class ConceptLines:
+    """A concepts file: each declared category's concept text, and the training settings some of its lines carry
+    (``{category: {TrainConfig field: value}}``), e.g. ``gore: blood, gore | gain=2.5 rewrite_latents=1``."""
+
+    concepts: Dict[str, str]
+    settings: Dict[str, Dict[str, float]] = field(default_factory=dict)
+
+
+def declared_category(name: str) -> Optional[str]:
+    """The category a concept line declares: its own name (``gore`` stays ``gore``), except a spelling variant of a
+    built-in name (``Self Harm``, ``self_harm`` -> ``self-harm``); None for a clean label."""
+    key = category_key(name)
+    if key in CLEAN_LABELS or not key:
+        return None
+    squashed = key.replace(" ", "").replace("-", "")
+    builtin = {c.replace("-", ""): c for c in CATEGORY_ALIASES.values()}
+    return builtin.get(squashed, key)
+
+
+def _settings(text: str) -> Tuple[Dict[str, float], Optional[str]]:
+    """``gain=2.5 rewrite_latents=1`` (spaces or commas between pairs) -> ``{TrainConfig field: value}``."""
+    out: Dict[str, float] = {}
+    names = ", ".join(f"{k}={lo:g}..{hi:g}" for k, (_, lo, hi) in CATEGORY_SETTINGS.items())
+    for pair in re.split(r"[,\s]+", text.strip()):
+        key, eq, value = pair.partition("=")
+        spec = CATEGORY_SETTINGS.get(key.strip().lower().replace("-", "_"))
+        if not eq or spec is None:
+            return {}, f"has {pair!r} after '|'; write settings as name=value pairs from: {names}."
+        try:
+            number = float(value)
+        except ValueError:
+            return {}, f"has {pair!r}: {value!r} is not a number ({names})."
+        field_name, low, high = spec
+        if not low <= number <= high:
+            return {}, f"has {pair!r}: {key.strip()} must be from {low:g} to {high:g}."
+        if field_name in out:
+            return {}, f"sets {key.strip()!r} twice; keep one."
+        out[field_name] = number
+    return out, None
+
+
+def parse_concept_lines(text: str, source: str = "<text>") -> ConceptLines:
+    """``category: concept text`` per line, optionally ``| gain=2.5 rewrite_latents=1`` after it (that category's
+    training settings, over the preset's); every bad or repeated line is reported."""
     concepts: Dict[str, str] = {}
+    settings: Dict[str, Dict[str, float]] = {}
     problems = []
     for n, line in _content_lines(text):
         head, colon, body = (s.strip() for s in line.partition(":"))
-        name = normalize_category(head) if colon and _CATEGORY_NAME.match(head) else None
+        body, bar, tail = (s.strip() for s in body.partition("|"))
+        name = declared_category(head) if colon and _CATEGORY_NAME.match(head) else None
+        parsed, problem = _settings(tail) if bar else ({}, None)
         if not name or not body:
             problems.append((n, "must be 'category: concept text' (a harm category name, then words describing "
-                                "the harm)."))
+                                "the harm), optionally followed by '| gain=2 rewrite_latents=0'."))
         elif name in concepts:
             problems.append((n, f"repeats category {name!r}; keep one concept line per category."))
+        elif problem:
+            problems.append((n, problem))
         else:
             concepts[name] = body
+            if parsed:
+                settings[name] = parsed
     _raise_if(problems, source)
-    return concepts
+    return ConceptLines(concepts, settings)
+
+
+def parse_concepts(text: str, source: str = "<text>") -> Dict[str, str]:
+    """``category: concept text`` per line -> ``{category: text}`` (:func:`parse_concept_lines` without the
+    settings)."""
+    return parse_concept_lines(text, source).concepts
 
 
 def decode(data: bytes, source: str) -> str:
@@ -347,6 +422,7 @@ class ReadOptions:
     rewrite_column: Optional[str] = None
     category: Optional[str] = None  # category for plain files and CSVs without a category column (default clean)
     known_categories: Tuple[str, ...] = field(default_factory=tuple)
+    keep_categories: Tuple[str, ...] = field(default_factory=tuple)  # declared names that are not aliased
 
 
 def read_prompt_file(path: PathLike, options: Optional[ReadOptions] = None) -> List[PromptRecord]:
@@ -360,28 +436,35 @@ def read_prompt_file(path: PathLike, options: Optional[ReadOptions] = None) -> L
                                  "prompts folder).") from None
     text = decode(data, path.name)
     fmt = detect_format(path, text, opts.known_categories) if opts.file_format == "auto" else opts.file_format
+    keep = opts.keep_categories
     if fmt == "plain":
-        return parse_plain(text, path.name, opts.category)
+        return parse_plain(text, path.name, opts.category, keep)
     if fmt == "labeled":
-        return parse_labeled(text, path.name)
+        return parse_labeled(text, path.name, keep)
     if fmt == "jsonl":
         return parse_jsonl(text, path.name, opts.prompt_column or "prompt", opts.category_column or "category",
-                           opts.rewrite_column or "rewrite")
+                           opts.rewrite_column or "rewrite", keep)
     if fmt in ("csv", "tsv"):
         return parse_csv(text, path.name, opts.prompt_column, opts.category_column, opts.rewrite_column,
-                         "\t" if fmt == "tsv" else ",", opts.category)
+                         "\t" if fmt == "tsv" else ",", opts.category, keep)
     raise TrainingInputError(f"Unknown prompt file format {fmt!r}; use one of: auto, {', '.join(FORMATS)}.")
 
 
-def read_concepts(path: PathLike) -> Dict[str, str]:
-    """Read a ``category: concept text`` file."""
+def read_concept_lines(path: PathLike) -> ConceptLines:
+    """Read a ``category: concept text [| settings]`` file."""
     path = Path(path)
     if not path.is_file():
         raise TrainingInputError(f"Concept file {path} does not exist; write one 'category: concept text' line "
                                  "per category.")
-    return parse_concepts(decode(path.read_bytes(), path.name), path.name)
+    return parse_concept_lines(decode(path.read_bytes(), path.name), path.name)
 
 
-__all__ = ["CLEAN_LABELS", "CATEGORY_ALIASES", "FORMATS", "PromptRecord", "PromptFileError", "ReadOptions",
-           "normalize_category", "parse_plain", "parse_labeled", "parse_jsonl", "parse_csv", "parse_concepts",
-           "decode", "looks_labeled", "detect_format", "read_prompt_file", "read_concepts"]
+def read_concepts(path: PathLike) -> Dict[str, str]:
+    """Read a ``category: concept text`` file (the concept texts only)."""
+    return read_concept_lines(path).concepts
+
+
+__all__ = ["CLEAN_LABELS", "CATEGORY_ALIASES", "CATEGORY_SETTINGS", "FORMATS", "ConceptLines", "PromptRecord",
+           "PromptFileError", "ReadOptions", "category_key", "declared_category", "normalize_category", "parse_plain",
+           "parse_labeled", "parse_jsonl", "parse_csv", "parse_concept_lines", "parse_concepts", "decode",
+           "looks_labeled", "detect_format", "read_prompt_file", "read_concept_lines", "read_concepts"]

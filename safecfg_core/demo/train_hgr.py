@@ -99,6 +99,12 @@ class DemoModelSetup(ModelSetup):
     def sample_latents(self, prompts: Sequence[str]) -> torch.Tensor:
         return sample_demo_latents(self.extra["world"], list(prompts), self.cfg_scale)
 
+    @property
+    def sigma_schedule(self) -> List[float]:
+        """The noise levels training draws from: the demo model's own 1000-step schedule, uniformly (as this
+        module's command and ComfyUI's training path do), not log-uniform over its range."""
+        return [float(s) for s in self.extra["world"].schedule.sigmas]
+
 
 def sample_demo_latents(world, prompts: List[str], cfg_scale: float = DEFAULT_CFG, steps: int = 20,
                         batch_size: int = 256) -> torch.Tensor:

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -51,6 +51,7 @@ class TrainingSession:
     ``restart_on_mismatch``: a checkpoint written by other settings is replaced by a fresh run instead of raising
     :class:`CheckpointMismatch` (``mismatch`` then holds the exception, for the caller to report).
     ``keep_checkpoint``: leave the checkpoint after a successful run (the command keeps it; the node removes it).
+    ``record``: entries added to a newly trained file's training metadata (the command records its command line).
     After an interruption, ``checkpoint_step`` is the step the kept checkpoint holds (None: none written).
     """
 
@@ -59,7 +60,8 @@ class TrainingSession:
                  retrain: bool = False, sample_latents: Optional[Callable[[List[str]], torch.Tensor]] = None,
                  latents: Optional[Mapping[str, torch.Tensor]] = None, progress: Optional[ProgressFn] = None,
                  restart_on_mismatch: bool = False, keep_checkpoint: bool = True,
-                 calibration_prompts: Optional[Sequence[str]] = None, dist: Optional[DistContext] = None) -> None:
+                 calibration_prompts: Optional[Sequence[str]] = None, dist: Optional[DistContext] = None,
+                 record: Optional[Mapping[str, Any]] = None) -> None:
         self.config = config.validate()
         self.prompts = prompts.validate()
         self.text_encoder, self.denoiser = text_encoder, denoiser
@@ -70,6 +72,7 @@ class TrainingSession:
         self.retrain, self.restart_on_mismatch, self.keep_checkpoint = retrain, restart_on_mismatch, keep_checkpoint
         self.sample_latents, self.latents, self.progress = sample_latents, latents, progress
         self.dist = dist  # several processes: every rank trains, rank 0 alone writes the file
+        self.record = dict(record or {})  # added to a newly trained file's training metadata (e.g. its command)
         self.checkpoint_step: Optional[int] = None
         self.mismatch: Optional[CheckpointMismatch] = None
         if self.output_path is not None:
@@ -117,6 +120,7 @@ class TrainingSession:
             self.mismatch = exc
             log.info("SafeCFG: %s Starting over.", exc)
             result = self._train(replace(config, resume=False))
+        result.bundle.meta.training.update(self.record)
         if self.output_path is not None and (self.dist is None or self.dist.is_main):
             check_output_target(self.output_path)
             result.bundle.save(self.output_path)

@@ -172,3 +172,29 @@ def test_one_training_step_is_said_in_the_singular(tmp_path: Path, capsys) -> No
     assert cli.main(["train", "--no-augment", "--model", "analytic", "--steps", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "trained 1 step in" in text, text
+
+
+@pytest.mark.slow
+def test_a_prompt_files_category_settings_reach_the_file_and_an_option_overrides_them(tmp_path: Path, capsys) -> None:
+    """`train --corpus FILE`: the gains and rewrite latents that FILE's concept lines declare are the run's
+    (over the preset's), an explicit --target-gain wins, and the file records the command that made it."""
+    torch.set_num_threads(1)
+    prompts = tmp_path / "mine.txt"
+    lines = [f"clean: a red ball number {i}" for i in range(24)]
+    lines += [f"gore: a bloody ball number {i} => a ball number {i}" for i in range(12)]
+    lines += [f"weapons: a knife by ball number {i} => ball number {i}" for i in range(12)]
+    prompts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "mine.concepts.txt").write_text("gore: blood, gore | gain=3 rewrite_latents=1\n", encoding="utf-8")
+    out = tmp_path / "declared.safetensors"
+    argv = ["train", "--model", "analytic", "--corpus", str(prompts), "--preset", "quick", "--steps", "2",
+            "--no-augment", "--out", str(out)]
+    assert cli.main(argv) == 0
+    training = HGRBundle.load(out).meta.training
+    assert training["train_config"]["target_gain"] == {"gore": 3.0, "weapons": 1.0}  # quick's own gain is 1
+    assert training["train_config"]["rewrite_latent_fraction"] == {"gore": 1.0, "weapons": 0.0}
+    assert sorted(HGRBundle.load(out).meta.categories) == ["gore", "weapons"]
+    assert training["command"] == "python -m safecfg_core " + " ".join(argv)
+    assert "categories declared in mine.concepts.txt: gore (gain=3 rewrite_latents=1)" in capsys.readouterr().out
+    explicit = tmp_path / "explicit.safetensors"
+    assert cli.main(argv[:-1] + [str(explicit), "--target-gain", "2"]) == 0
+    assert HGRBundle.load(explicit).meta.training["train_config"]["target_gain"] == 2.0

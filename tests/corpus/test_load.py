@@ -129,3 +129,61 @@ def test_list_prompt_files(tmp_path: Path):
         (tmp_path / name).write_text("x\n", encoding="utf-8")
     assert [p.name for p in list_prompt_files(tmp_path)] == ["a.txt", "b.csv", "c.jsonl"]
     assert list_prompt_files(tmp_path / "missing") == []
+
+
+def test_a_prompt_files_own_concept_lines_keep_its_categories_and_settings(tmp_path: Path):
+    """``mine.concepts.txt`` beside ``mine.txt`` declares its categories: 'gore' stays 'gore' (without it the name
+    means the built-in 'violence'), its concept text replaces the built-in one, and the settings come back."""
+    path = tmp_path / "mine.txt"
+    path.write_text("clean: a red ball\ngore: a bloody ball => a ball\nweapons: a knife by a ball => a ball\n",
+                    encoding="utf-8")
+    plain = load_prompts([path])
+    assert sorted(plain.prompt_set.concepts) == ["violence", "weapons"] and plain.category_settings == {}
+    (tmp_path / "mine.concepts.txt").write_text("gore: blood, gore | gain=2.5 rewrite_latents=1\n", encoding="utf-8")
+    declared = load_prompts([path])
+    assert declared.prompt_set.concepts["gore"] == "blood, gore" and "violence" not in declared.prompt_set.concepts
+    assert [h.category for h in declared.prompt_set.harmful] == ["gore", "weapons"]
+    assert declared.category_settings == {"gore": {"target_gain": 2.5, "rewrite_latent_fraction": 1.0}}
+    assert declared.notes == ["categories declared in mine.concepts.txt: gore (gain=2.5 rewrite_latents=1)"]
+    only = load_prompts([path], categories=["gore"])
+    assert [h.category for h in only.prompt_set.harmful] == ["gore"]
+
+
+def test_a_job_turns_declared_settings_into_training_settings(tmp_path: Path):
+    from safecfg_core.train.presets import get_preset
+    from safecfg_core.train.recipe import build_job
+
+    path = tmp_path / "mine.txt"
+    lines = ["clean: a red ball number %d" % i for i in range(20)]
+    lines += ["gore: a bloody ball number %d => a ball number %d" % (i, i) for i in range(20)]
+    lines += ["weapons: a knife by ball number %d => ball number %d" % (i, i) for i in range(20)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    job = build_job(path, get_preset("quick"), augment=False)
+    assert job.per_category("target_gain", 2.0) == 2.0  # nothing declared: one number, as before
+    (tmp_path / "mine.concepts.txt").write_text("gore: blood | gain=3 rewrite_latents=0.5\n", encoding="utf-8")
+    job = build_job(path, get_preset("quick"), augment=False)
+    assert job.per_category("target_gain", 2.0) == {"gore": 3.0, "weapons": 2.0}
+    assert job.per_category("rewrite_latent_fraction", 0.0) == {"gore": 0.5, "weapons": 0.0}
+
+
+def test_a_file_with_its_own_clean_prompts_calibrates_on_them(tmp_path: Path):
+    """The threshold must sit above the clean prompts of the file's own world: a share of them, never trained on nor
+    judged on, calibrates. A file without clean prompts calibrates on the built-in calibration split."""
+    from safecfg_core.corpus import builtin_records
+    from safecfg_core.train.presets import get_preset
+    from safecfg_core.train.recipe import build_job
+
+    path = tmp_path / "mine.txt"
+    lines = [f"clean: a red ball number {i}" for i in range(100)]
+    lines += [f"violence: a bloody ball number {i} => a ball number {i}" for i in range(20)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    job = build_job(path, get_preset("standard"), augment=False)
+    assert len(job.calibration) == 8 and len(job.heldout_clean) == 15  # 10% of the 85 left after 15% held out
+    own = {line.split(": ", 1)[1] for line in lines[:100]}
+    assert set(job.calibration) <= own
+    assert not set(job.calibration) & set(job.prompts.clean) and not set(job.calibration) & set(job.heldout_clean)
+    assert "threshold calibrated on 8 of the file's own clean prompts (kept out of training)" in job.notes
+    harmful_only = tmp_path / "harm.txt"
+    harmful_only.write_text("\n".join(lines[100:]) + "\n", encoding="utf-8")
+    filled = build_job(harmful_only, get_preset("standard"), augment=False)
+    assert filled.calibration == [r.prompt for r in builtin_records("calibration") if not r.categories]

@@ -231,3 +231,34 @@ def test_read_prompt_file_errors(tmp_path: Path):
     (tmp_path / "x.txt").write_text("a cat\n", encoding="utf-8")
     with pytest.raises(TrainingInputError, match="Unknown prompt file format 'yaml'"):
         read_prompt_file(tmp_path / "x.txt", ReadOptions(file_format="yaml"))
+
+
+def test_concept_lines_carry_per_category_training_settings():
+    from safecfg_core.corpus import parse_concept_lines
+
+    lines = parse_concept_lines("gore: blood, gore | gain=2.5 rewrite_latents=1\nweapon: knife | gain=4\n"
+                                "Self Harm: cutting\n")
+    # a declared name stays the source's own ('gore' is not the built-in 'violence'); spelling variants of a
+    # built-in name still meet it
+    assert lines.concepts == {"gore": "blood, gore", "weapon": "knife", "self-harm": "cutting"}
+    assert lines.settings == {"gore": {"target_gain": 2.5, "rewrite_latent_fraction": 1.0},
+                              "weapon": {"target_gain": 4.0}}
+
+
+def test_bad_concept_settings_are_reported_by_line():
+    from safecfg_core.corpus import parse_concept_lines
+
+    text = ("a: x | gain=2\n"            # fine
+            "b: x | speed=2\n"           # unknown setting
+            "c: x | gain=0.5\n"          # below 1
+            "d: x | rewrite_latents=two\n"  # not a number
+            "e: x | gain=2 gain=3\n"     # twice
+            "f: x | gain\n"              # no value
+            "g: | gain=2\n")             # no concept text
+    with pytest.raises(PromptFileError) as err:
+        parse_concept_lines(text, "c.concepts.txt")
+    assert _lines_reported(err.value) == [2, 3, 4, 5, 6, 7]
+    message = str(err.value)
+    assert "'speed=2'" in message and "gain=1..10, rewrite_latents=0..1" in message
+    assert "gain must be from 1 to 10" in message and "'two' is not a number" in message
+    assert "sets 'gain' twice" in message
