@@ -78,6 +78,13 @@ def test_prompt_files_are_listed_and_checked_before_training(comfy_server):
     msg = run_error(comfy_server, _graph("mine_bad", prompts="mine.txt", categories="sexual"))
     assert "SafeCFG Train HGR:" in msg and "sexual" in msg and "violence" in msg, msg
     assert not (comfy_server.hgr_dir / "mine_bad.safetensors").exists()
+    # the concept lines beside the file are read with it (and are not a prompt source of their own): a bad setting
+    # there stops the run before anything is encoded, naming the file and the line
+    (folder / "mine.concepts.txt").write_text("violence: blood, stabbing | gain=20\n", encoding="utf-8")
+    assert "mine.concepts.txt" not in _choices(comfy_server, NODE, "prompts")
+    msg = run_error(comfy_server, _graph("mine_gain", prompts="mine.txt", categories="violence"))
+    assert "mine.concepts.txt" in msg and "line 1" in msg and "gain must be from 1 to 10" in msg, msg
+    assert not (comfy_server.hgr_dir / "mine_gain.safetensors").exists()
 
 
 NODE_PARTS_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''
