@@ -6,8 +6,8 @@ from .readers import (CATEGORY_SETTINGS, FORMATS, ConceptLines, PromptFileError,
                       normalize_category, parse_concept_lines, parse_concepts, parse_csv, parse_jsonl, parse_labeled,
                       parse_plain, read_concept_lines, read_concepts, read_prompt_file)
 
-__all__ = ["BUILTIN", "CATEGORY_SETTINGS", "CONCEPTS_SUFFIX", "SPLITS", "FORMATS", "ConceptLines", "concepts_beside",
-           "parse_concept_lines", "read_concept_lines", "LoadedPrompts", "PromptFileError", "PromptRecord", "ReadOptions",
-           "builtin_categories", "builtin_concepts", "builtin_records", "list_prompt_files", "load_prompt_set",
-           "load_prompts", "normalize_category", "parse_concepts", "parse_csv", "parse_jsonl", "parse_labeled",
-           "parse_plain", "read_concepts", "read_prompt_file"]
+__all__ = ["BUILTIN", "CATEGORY_SETTINGS", "CONCEPTS_SUFFIX", "FORMATS", "SPLITS", "ConceptLines", "LoadedPrompts",
+           "PromptFileError", "PromptRecord", "ReadOptions", "builtin_categories", "builtin_concepts", "builtin_records",
+           "concepts_beside", "list_prompt_files", "load_prompt_set", "load_prompts", "normalize_category",
+           "parse_concept_lines", "parse_concepts", "parse_csv", "parse_jsonl", "parse_labeled", "parse_plain",
+           "read_concept_lines", "read_concepts", "read_prompt_file"]

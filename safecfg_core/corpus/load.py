@@ -15,8 +15,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import TrainingInputError
 from ..train import HarmfulPrompt, PromptSet
-from .readers import (CATEGORY_SETTINGS, ConceptLines, PathLike, PromptFileError, PromptRecord, ReadOptions, declared_category,
-                      normalize_category, parse_concepts, parse_jsonl, read_concept_lines, read_prompt_file)
+from .readers import (CATEGORY_SETTINGS, ConceptLines, PathLike, PromptFileError, PromptRecord, ReadOptions,
+                      declared_category, normalize_category, parse_concepts, parse_jsonl, read_concept_lines,
+                      read_prompt_file)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 BUILTIN = "builtin"
@@ -232,5 +233,6 @@ def load_prompt_set(sources: Union[str, PathLike, Sequence[Union[str, PathLike]]
     return load_prompts(sources, **kwargs).prompt_set
 
 
-__all__ = ["BUILTIN", "CONCEPTS_SUFFIX", "SPLITS", "concepts_beside", "LoadedPrompts", "PromptFileError", "builtin_categories", "builtin_concepts",
-           "builtin_records", "list_prompt_files", "load_prompts", "load_prompt_set"]
+__all__ = ["BUILTIN", "CONCEPTS_SUFFIX", "SPLITS", "LoadedPrompts", "PromptFileError", "builtin_categories",
+           "builtin_concepts", "builtin_records", "concepts_beside", "list_prompt_files", "load_prompts",
+           "load_prompt_set", "setting_text"]

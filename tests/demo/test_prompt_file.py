@@ -12,7 +12,8 @@ def test_shipped_files_are_what_the_command_writes(tmp_path):
     written = prompt_file.write(tmp_path)
     for path in written:
         shipped = prompt_file.DATA_DIR / path.name
-        assert shipped.read_bytes() == path.read_bytes(), f"{shipped} differs: run python -m safecfg_core.demo.prompt_file"
+        assert shipped.read_bytes() == path.read_bytes(), \
+            f"{shipped} differs: run python -m safecfg_core.demo.prompt_file"
 
 
 def test_the_corpus_reads_back_the_demo_training_prompts_and_settings():
