@@ -29,11 +29,21 @@ CATEGORY_SETTINGS: Dict[str, Dict[str, float]] = {"gore": {"gain": 2.5, "rewrite
 """The demo's per-category training settings, in the concept lines' names (``| gain=2.5 rewrite_latents=1``)."""
 
 
-def prompt_lines(n_clean: int = DEFAULT_CLEAN_PROMPTS, n_harmful: int = DEFAULT_HARMFUL_PROMPTS) -> List[str]:
-    """The prompt file's lines: a header, every clean prompt, then every harmful prompt with its rewrite."""
-    prompts = training_prompts(n_clean, n_harmful, rewrites=True)
+def prompt_lines(n_clean: int = DEFAULT_CLEAN_PROMPTS, n_harmful: int = DEFAULT_HARMFUL_PROMPTS,
+                 augment_clean: int = 0, augment_harmful: int = 0) -> List[str]:
+    """The prompt file's lines: a header, every clean prompt, then every harmful prompt with its rewrite.
+
+    ``augment_clean`` / ``augment_harmful`` add the demo's own robustness prompts (:mod:`.augment`: its scene
+    rephrasings, more harm synonyms, both harms at once, misspelt harm words, dressed prompts) as ordinary lines,
+    the way a user brings a richer prompt file; the shipped file has none (the Train HGR recipe dresses prompts
+    itself)."""
+    prompts = training_prompts(n_clean, n_harmful, rewrites=True, augment_clean=augment_clean,
+                               augment_harmful=augment_harmful)
+    made_by = "python -m safecfg_core.demo.prompt_file" + (
+        f" --augment-clean {augment_clean} --augment-harmful {augment_harmful}" if augment_clean or augment_harmful
+        else "")
     return ([f"# The demo world's HGR training prompts ({len(prompts.clean)} clean, {len(prompts.harmful)} harmful)",
-             "# written by: python -m safecfg_core.demo.prompt_file (do not edit by hand; a test compares)"]
+             f"# written by: {made_by} (do not edit by hand; a test compares)"]
             + [f"clean: {p}" for p in prompts.clean]
             + [f"{h.category}: {h.prompt} => {h.rewrite}" for h in prompts.harmful])
 
@@ -47,13 +57,14 @@ def concept_lines() -> List[str]:
     return lines
 
 
-def write(folder: Path = DATA_DIR) -> List[Path]:
+def write(folder: Path = DATA_DIR, augment_clean: int = 0, augment_harmful: int = 0) -> List[Path]:
     """Write both files into ``folder``; returns their paths."""
     from ..corpus import concepts_beside
 
     folder.mkdir(parents=True, exist_ok=True)
     prompts_path = folder / PROMPT_FILE.name
-    prompts_path.write_text("\n".join(prompt_lines()) + "\n", encoding="utf-8")
+    lines = prompt_lines(augment_clean=augment_clean, augment_harmful=augment_harmful)
+    prompts_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     concepts_path = concepts_beside(prompts_path)
     concepts_path.write_text("\n".join(concept_lines()) + "\n", encoding="utf-8")
     return [prompts_path, concepts_path]
@@ -62,8 +73,13 @@ def write(folder: Path = DATA_DIR) -> List[Path]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DATA_DIR, help=f"folder to write into (default {DATA_DIR})")
+    parser.add_argument("--augment-clean", type=int, default=0,
+                        help="add this many of the demo's own dressed and rephrased clean prompts (default 0)")
+    parser.add_argument("--augment-harmful", type=int, default=0,
+                        help="add this many of the demo's own harmful variants: synonyms, both harms, misspellings, "
+                             "buried harm (default 0)")
     args = parser.parse_args(argv)
-    for path in write(args.out):
+    for path in write(args.out, args.augment_clean, args.augment_harmful):
         print(f"wrote {path}")
     return 0
 
