@@ -27,3 +27,16 @@ def test_the_corpus_reads_back_the_demo_training_prompts_and_settings():
     assert loaded.category_settings == {"gore": {"target_gain": 2.5, "rewrite_latent_fraction": 1.0},
                                         "weapon": {"target_gain": 4.0}}
     assert concepts_beside(prompt_file.PROMPT_FILE).name == "hgr_prompts.concepts.txt"
+
+
+def test_the_demos_own_robustness_prompts_can_be_written_into_the_file(tmp_path):
+    """``--augment-clean/--augment-harmful`` add the demo's own variants as ordinary lines (a richer prompt file of
+    the kind a user brings); the loader reads them like the rest."""
+    assert prompt_file.main(["--out", str(tmp_path), "--augment-clean", "40", "--augment-harmful", "30"]) == 0
+    path = tmp_path / prompt_file.PROMPT_FILE.name
+    assert "--augment-clean 40 --augment-harmful 30" in path.read_text(encoding="utf-8").splitlines()[1]
+    richer = load_prompts([path]).prompt_set
+    plain = training_prompts(600, 1800, rewrites=True)
+    assert len(richer.clean) >= len(plain.clean) + 40 - 5  # (a drawn variant that repeats a prompt is left out)
+    assert len(richer.harmful) >= len(plain.harmful) + 30 - 5
+    assert set(plain.clean) <= set(richer.clean)
