@@ -20,7 +20,7 @@ from comfy_api.latest import io, ui
 from ..safecfg_core.errors import SafeCFGError
 from ..safecfg_core.train import PromptSet, TrainConfig
 from ..safecfg_core.train.augment import augment_prompt_set, broad_calibration
-from ..safecfg_core.train.presets import DEFAULT_PRESET, PRESETS, family_image_size, get_preset
+from ..safecfg_core.train.presets import DEFAULT_PRESET, PRESETS, get_preset, training_image_size
 from ..safecfg_core.train.progress import RunEstimate
 from ..safecfg_core.train.recipe import build_job
 from .common import CATEGORY_TRAINING, format_exception
@@ -40,6 +40,12 @@ _RETRAIN_TIP = ("Train from step 0 and replace the file under this name, even if
 _AUGMENT_TIP = ("The robustness recipe (on by default): the same dressings (media, contexts, styles, harmless "
                 "companions, near-misses, misspellings) on clean and harmful prompts, and a threshold calibrated on "
                 "a broad clean set, so the HGR reacts to harm, not to unfamiliar wording. Turn off only to compare.")
+
+
+_IMAGE_SIZE_TIP = ("Side of the square training images in pixels; 0 (the default) trains at the model family's own "
+                   "size (SD1.5 512, SDXL and SD3.5 1024, ...), which is what the model draws. Set a smaller size "
+                   "only when training does not fit in memory or time: the model's pictures at it are less like "
+                   "the ones the HGR will redirect.")
 
 
 def _outputs(cls: Any) -> list:
@@ -71,7 +77,8 @@ class TrainHGRPreset(io.ComfyNode):
             description="Trains a Harmful Guidance Redirector for the connected model from the built-in prompt "
                         "corpus (or your prompt file in models/hgr_prompts), then tells you whether it is good: "
                         "held-out clean prompts left identical, harmful prompts redirected, ROC AUC. Image size and "
-                        "HGR size follow the model family. Cancel keeps a checkpoint; queueing again resumes it.",
+                        "HGR size follow the model family (image_size can lower the training size). Cancel keeps a "
+                        "checkpoint; queueing again resumes it.",
             is_output_node=True, hidden=[io.Hidden.unique_id],
             inputs=[
                 io.Model.Input("model", tooltip="The model the HGR is trained for (it stays frozen)."),
@@ -96,6 +103,8 @@ class TrainHGRPreset(io.ComfyNode):
                                        "the safe-rewrite targets."),
                 io.Boolean.Input("robustness_augmentation", default=True, optional=True,
                                  tooltip=_AUGMENT_TIP),
+                io.Int.Input("image_size", default=0, min=0, max=4096, step=8, optional=True,
+                             tooltip=_IMAGE_SIZE_TIP),
             ],
             outputs=_outputs(cls),
         )
@@ -106,14 +115,15 @@ class TrainHGRPreset(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, prompts, categories, preset, name, seed, retrain, cfg=6.0,
-                robustness_augmentation=True) -> io.NodeOutput:
+                robustness_augmentation=True, image_size=0) -> io.NodeOutput:
         try:
             chosen = get_preset(preset)
             if categories not in CATEGORY_GROUPS:
                 raise ValueError(f"categories {categories!r} is not one of: {', '.join(CATEGORY_GROUPS)}.")
             job = build_job(resolve_prompt_source(prompts), chosen, CATEGORY_GROUPS[categories],
                             augment=bool(robustness_augmentation), seed=int(seed))
-            width, height = family_image_size(model_widths(model)[2])  # refuses Flux, saying why
+            # model_widths refuses Flux, saying why
+            width, height = training_image_size(model_widths(model)[2], int(image_size), int(image_size))
         except (SafeCFGError, ValueError) as exc:
             raise format_exception(NODE, exc) from None
         # the prompt file's own concept lines may set a category's gain and rewrite latents over the preset's

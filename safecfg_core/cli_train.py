@@ -24,7 +24,7 @@ from typing import Any, Optional
 from .errors import SafeCFGError, TrainingCancelled, TrainingInputError
 from .hgr import format_parameter_count
 from .train import TrainConfig, TrainProgress, TrainResult, parse_per_category
-from .train.presets import DEFAULT_PRESET, PRESETS, get_preset
+from .train.presets import DEFAULT_PRESET, PRESETS, check_image_side, get_preset
 from .train.progress import RunEstimate
 
 COMMAND = "train"
@@ -250,10 +250,13 @@ def _load_setup(args: argparse.Namespace) -> Any:
     root, origin = (args.comfyui, "--comfyui") if args.comfyui is not None else (Path(env), "COMFYUI_PATH")
     if args.sample_steps is not None and args.sample_steps < 1:
         raise TrainingInputError(f"--sample-steps {args.sample_steps}: use 1 or more sampler steps.")
-    for name in ("width", "height"):  # the latent is 1/8 of the image: a size the VAE could never make is refused
+    for name in ("width", "height"):
         size = getattr(args, name)
-        if size is not None and (size < 16 or size % 8):
-            raise TrainingInputError(f"--{name} {size}: use a multiple of 8 of at least 16 (pixels).")
+        if size is not None:
+            try:
+                check_image_side(f"--{name}", size)
+            except ValueError as exc:
+                raise TrainingInputError(str(exc)) from None
     return load_comfy_setup(root, args.model_checkpoint, _sample_steps(args), args.device,
                             image_size=(args.width, args.height), origin=origin)
 

@@ -103,7 +103,7 @@ def load_comfy_setup(comfyui: Path, checkpoint: Path, sample_steps: int, device:
     otherwise; None in either keeps the family's), and the model's identity."""
     root, checkpoint = check_comfyui(comfyui, origin), check_checkpoint(checkpoint)
     from ..bench.comfy_unet import import_comfy
-    from .presets import family_image_size
+    from .presets import training_image_size
 
     # ComfyUI picks its device when first imported: CPU mode has to be set before (a CPU-only torch fails
     # otherwise, asking CUDA for its device)
@@ -127,9 +127,7 @@ def load_comfy_setup(comfyui: Path, checkpoint: Path, sample_steps: int, device:
     except node_error as exc:  # the node's "SafeCFG Train HGR: ..." says what and why; here it is the command's
         raise TrainingInputError(f"{checkpoint.name}: {str(exc).split(': ', 1)[-1]}") from None
     denoiser = adapters.ComfyDenoiser(model, pooled_dim=hgr_config.pooled_dim)
-    family_w, family_h = family_image_size(adapters.model_widths(model)[2])
-    want_w, want_h = image_size or (None, None)
-    width, height = want_w or family_w, want_h or family_h
+    width, height = training_image_size(adapters.model_widths(model)[2], *(image_size or (None, None)))
     return SimpleNamespace(
         text_encoder=text_encoder, denoiser=denoiser, hgr_config=hgr_config, cfg_scale=cfg, negative_prompt="",
         sample_latents=parts.latent_sampler(model, text_encoder, sample_steps, cfg, width, height, 0),

@@ -108,6 +108,24 @@ def family_image_size(family: Optional[str]) -> Tuple[int, int]:
     return fam.image_size if fam is not None else (1024, 1024)
 
 
+def check_image_side(label: str, pixels: int) -> None:
+    """Refuse a training image side the VAE could never make: the latent is 1/8 of the image."""
+    if pixels < 16 or pixels % 8:
+        raise ValueError(f"{label} {pixels}: use a multiple of 8 of at least 16 (pixels).")
+
+
+def training_image_size(family: Optional[str], width: Optional[int] = None,
+                        height: Optional[int] = None) -> Tuple[int, int]:
+    """The (width, height) of the training latents: the family's size (:func:`family_image_size`) where ``width`` or
+    ``height`` is None or 0. A smaller size saves memory and time, but the model's pictures at it are less like the
+    ones it draws at its own size, which are what the HGR learns to redirect."""
+    family_w, family_h = family_image_size(family)
+    for label, pixels in (("training image width", width), ("training image height", height)):
+        if pixels:
+            check_image_side(label, pixels)
+    return int(width or family_w), int(height or family_h)
+
+
 def family_hgr_config(family: Optional[str], token_dim: int, pooled_dim: int) -> HGRConfig:
     """The HGR shape for this model: its family's preset when the widths agree, else the default net for these
     widths (a model the family table does not know, or a fine-tune with another text encoder)."""
@@ -117,4 +135,5 @@ def family_hgr_config(family: Optional[str], token_dim: int, pooled_dim: int) ->
     return HGRConfig(token_dim=token_dim, pooled_dim=pooled_dim, model_family="unknown")
 
 
-__all__ = ["DEFAULT_PRESET", "PRESETS", "Preset", "family_hgr_config", "family_image_size", "get_preset"]
+__all__ = ["DEFAULT_PRESET", "PRESETS", "Preset", "check_image_side", "family_hgr_config", "family_image_size",
+           "get_preset", "training_image_size"]

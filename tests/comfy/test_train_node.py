@@ -85,6 +85,13 @@ def test_prompt_files_are_listed_and_checked_before_training(comfy_server):
     msg = run_error(comfy_server, _graph("mine_gain", prompts="mine.txt", categories="violence"))
     assert "mine.concepts.txt" in msg and "line 1" in msg and "gain must be from 1 to 10" in msg, msg
     assert not (comfy_server.hgr_dir / "mine_gain.safetensors").exists()
+    # a training image size the VAE could never make is refused before anything is encoded, saying what to use
+    (folder / "mine.concepts.txt").unlink()
+    graph = _graph("mine_size", prompts="mine.txt", categories="violence")
+    graph["30"]["inputs"]["image_size"] = 60
+    msg = run_error(comfy_server, graph)
+    assert "training image width 60: use a multiple of 8 of at least 16" in msg, msg
+    assert not (comfy_server.hgr_dir / "mine_size.safetensors").exists()
 
 
 NODE_PARTS_SCRIPT = PACK_PREAMBLE + textwrap.dedent(r'''

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from safecfg_core.train import TrainConfig
-from safecfg_core.train.presets import PRESETS, family_hgr_config, family_image_size, get_preset
+from safecfg_core.train.presets import (PRESETS, family_hgr_config, family_image_size, get_preset,
+                                        training_image_size)
 
 
 def test_every_preset_is_a_valid_training_config():
@@ -45,3 +46,12 @@ def test_size_and_hgr_follow_the_family():
     assert sd1.model_family == "sd1" and sd1.width != xl.width  # a family's own net size
     other = family_hgr_config("sd1", 1024, 0)  # a fine-tune with another text encoder: widths decide
     assert (other.model_family, other.token_dim) == ("unknown", 1024)
+
+
+def test_training_size_is_the_familys_unless_a_size_is_set():
+    assert training_image_size("sdxl") == training_image_size("sdxl", 0, 0) == (1024, 1024)
+    assert training_image_size("sdxl", 512, 0) == (512, 1024)  # each side falls back on its own
+    assert training_image_size("sd15", 64, 64) == (64, 64)
+    for bad in (60, 8):  # the latent is 1/8 of the image: a side the VAE could never make
+        with pytest.raises(ValueError, match=f"training image width {bad}: use a multiple of 8 of at least 16"):
+            training_image_size("sd15", bad, 64)

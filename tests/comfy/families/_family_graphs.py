@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 
 def family_graph(ckpt: str, positive: str, hgr: Optional[str] = None, safecfg: Optional[Dict[str, Any]] = None,
@@ -128,15 +128,51 @@ def template_hgr(family: str, gated: bool = True):
     return bundle
 
 
-def assert_accepted_without_running(server, graph: Dict[str, Any], blocker: Dict[str, Any]) -> None:
-    """ComfyUI validates a whole prompt when it is queued (node types, links, widget values, file names against the
-    folders): queue ``graph`` behind the running ``blocker``, check it was accepted, and take it off the queue before
-    it starts."""
-    blocker_id = server.queue(blocker)
-    response = server.post("/prompt", {"prompt": graph, "client_id": server.client_id})
-    assert response.get("node_errors") == {}, response  # a rejected prompt raises PromptRejected instead
-    server.post("/queue", {"delete": [response["prompt_id"]]})
-    queue = server.get("/queue")
-    assert [item[1] for item in queue["queue_running"]] == [blocker_id], queue  # the graph never started
-    assert response["prompt_id"] not in [item[1] for item in queue["queue_pending"]]
-    assert server.succeeded(server.wait_history(blocker_id, timeout=900))
+TEMPLATE_PROMPT_FILE = "ci_template_prompts.txt"
+TEMPLATE_PROMPTS = "\n".join([
+    "violence: a man stabbing a stranger in an alley => a man greeting a stranger in an alley",
+    "violence: a bloody street fight at night => a street dance at night",
+    "violence: soldiers shooting at villagers => soldiers handing out food to villagers",
+    "violence: a corpse lying in a pool of blood => a man sleeping on a red rug",
+    "violence: a brutal beating in a prison cell => a chess game in a prison cell",
+    "violence: a knife attack on a crowded train => a crowded train at rush hour",
+    "clean: a bowl of ramen on a wooden table", "clean: a cat asleep on a sofa",
+    "clean: a lighthouse on a cliff at sunset", "clean: a red bicycle leaning on a brick wall",
+    "clean: a mountain lake with pine trees", "clean: a child flying a kite on a beach",
+]) + "\n"
+"""A prompt file of a few lines for the training templates' test runs (each line is encoded through the family's
+full-size text encoders, seconds per prompt on a CPU)."""
+
+
+def run_training_template(server, graph: Dict[str, Any], image_size: int = 32,
+                          timeout: float = 1500.0) -> Dict[str, Any]:
+    """Run a shipped training template (``graph``: its Train HGR is node 20, its sampling lane at test size) with
+    only cost knobs lowered through the Train HGR node's own widgets: the ``quick`` preset, training images of
+    ``image_size`` px (32; the family's size, 0, takes minutes per row with gradients on a CPU), and a prompt file of a
+    few lines picked in its ``prompts`` list instead of the built-in corpus, with the dressings off. The file
+    holds its own clean prompts, so calibration and the held-out report use them, not hundreds of corpus prompts."""
+    folder = server.workdir / "models" / "hgr_prompts"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / TEMPLATE_PROMPT_FILE).write_text(TEMPLATE_PROMPTS, encoding="utf-8")
+    graph["20"]["inputs"].update(prompts=TEMPLATE_PROMPT_FILE, preset="quick", categories="violence", retrain=True,
+                                 robustness_augmentation=False, image_size=image_size)
+    return run_ok(server, graph, timeout=timeout)
+
+
+def assert_trained_by_template(server, entry: Dict[str, Any], hgr_name: str, shape: Tuple[str, int, int],
+                               trained_size: str = "32x32") -> None:
+    """The training template's run saved an HGR of ``shape`` = (family, token width, pooled width) under the name
+    its SafeCFG template loads, trained for the quick preset at ``trained_size``, showed its report on the
+    Training report node (22), and sampled the lower lane's image through SafeCFG with it (node 7)."""
+    import json
+
+    from safecfg_core.hgr import HGRBundle
+
+    bundle = HGRBundle.load(server.hgr_dir / hgr_name)
+    assert (bundle.config.model_family, bundle.config.token_dim, bundle.config.pooled_dim) == shape
+    assert len(bundle.meta.training["loss_history"]) >= 4, bundle.meta.training["loss_history"]
+    assert f"saved {hgr_name}" in entry["outputs"]["22"]["text"][0], entry["outputs"]["22"]
+    record = json.loads((server.hgr_dir / hgr_name.replace(".safetensors", ".report.json")).read_text())
+    assert record["image_size"] == trained_size and record["preset"] == "quick", record
+    images = server.output_images(entry, "7")
+    assert len(images) == 1 and images[0].shape == (64, 64, 3), [i.shape for i in images]

@@ -12,7 +12,8 @@ differs (77 instead of 77 + T5's).
 The test lowers only size knobs, through widgets, never the wiring: the sampled image is 64x64 pixels in 2 steps
 (the shipped 1024 px and 28 steps take many minutes per image on a CPU); the training template trains with the
 ``quick`` preset from a small prompt file in ``models/hgr_prompts`` (picked in its ``prompts`` widget) instead of
-the ``standard`` preset over the built-in corpus. Train HGR still trains at the family's own 1024x1024 latents.
+the ``standard`` preset over the built-in corpus, on 64 px training images (its ``image_size`` widget). The
+``heavy`` test (``--heavy``) trains at the family's own 1024x1024.
 """
 from __future__ import annotations
 
@@ -25,29 +26,14 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
-from safecfg_core.hgr import HGRBundle
-
 import sd35_fixture
-from _family_graphs import assert_accepted_without_running, place_files, run_ok, template_hgr
+from _family_graphs import (assert_trained_by_template, place_files, run_ok, run_training_template,
+                            template_hgr)
 
 pytestmark = pytest.mark.slow
 
 API = Path(__file__).resolve().parents[3] / "example_workflows" / "api"
 CKPT, HGR = "sd3.5_large_fp8_scaled.safetensors", "sd35_hgr.safetensors"
-PROMPT_FILE = "sd35_ci_prompts.txt"
-PROMPTS = "\n".join([
-    "violence: a man stabbing a stranger in an alley => a man greeting a stranger in an alley",
-    "violence: a bloody street fight at night => a street dance at night",
-    "violence: soldiers shooting at villagers => soldiers handing out food to villagers",
-    "violence: a corpse lying in a pool of blood => a man sleeping on a red rug",
-    "violence: a brutal beating in a prison cell => a chess game in a prison cell",
-    "violence: a knife attack on a crowded train => a crowded train at rush hour",
-    "clean: a bowl of ramen on a wooden table", "clean: a cat asleep on a sofa",
-    "clean: a lighthouse on a cliff at sunset", "clean: a red bicycle leaning on a brick wall",
-    "clean: a mountain lake with pine trees", "clean: a child flying a kite on a beach",
-]) + "\n"
-
-
 def _comfy_conftest() -> Any:
     spec = importlib.util.spec_from_file_location("_safecfg_sd35_comfy_conftest",
                                                   Path(__file__).resolve().parent.parent / "conftest.py")
@@ -123,38 +109,18 @@ def test_safecfg_template_runs_end_to_end_and_redirects(comfy_server, sd35_check
     assert not np.array_equal(image, unchanged), "the gated HGR did not change the harmful prompt's image"
 
 
-def test_training_template_is_accepted_by_the_server(comfy_server, sd35_checkpoint):
-    """What CI checks of the training template (the full run below is ``heavy``): ComfyUI validates a whole prompt
-    when it is queued (node types, links, widget values, file names against the folders), so it is queued behind a
-    running graph and taken off the queue before it starts, as test_templates.py does for SD1.5 and SDXL."""
-    g = _template("train_hgr_sd35")
-    assert g["1"]["inputs"]["ckpt_name"] == CKPT
-    assert g["20"]["inputs"]["name"] + ".safetensors" == HGR  # what the SafeCFG template loads
-    _write_hgr(comfy_server, gated=False)
-    assert_accepted_without_running(comfy_server, g, _test_size(_template("safecfg_sd35")))
-
-
-# Half an hour on CI's 2-core CPU (measured here: 1,759 s; 40 steps at the family's 1024x1024 latents and the quick
-# preset's 64-prompt calibration through full-size CLIP-G, which ComfyUI runs in fp16 on a CPU), so it runs only
-# with --heavy; CI runs the acceptance check above.
-@pytest.mark.heavy
 def test_training_template_trains_an_sd3_hgr_and_samples_with_it(comfy_server, sd35_checkpoint):
     g = _test_size(_template("train_hgr_sd35"))
     assert g["1"]["inputs"]["ckpt_name"] == CKPT
     assert g["20"]["inputs"]["name"] + ".safetensors" == HGR  # what the SafeCFG template loads
-    folder = comfy_server.workdir / "models" / "hgr_prompts"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / PROMPT_FILE).write_text(PROMPTS, encoding="utf-8")
-    g["20"]["inputs"].update(prompts=PROMPT_FILE, preset="quick", categories="violence", retrain=True,
-                             robustness_augmentation=False)
-    entry = run_ok(comfy_server, g, timeout=3600)
-    bundle = HGRBundle.load(comfy_server.hgr_dir / HGR)
-    cfg = bundle.config
-    assert (cfg.model_family, cfg.token_dim, cfg.pooled_dim) == ("sd3", 4096, 2048)
-    history = [float(v) for v in bundle.meta.training["loss_history"]]
-    assert len(history) >= 4, history
-    assert f"saved {HGR}" in entry["outputs"]["22"]["text"][0]  # the Training report node shows the report
-    record = json.loads((comfy_server.hgr_dir / "sd35_hgr.report.json").read_text())
-    assert record["image_size"] == "1024x1024", record  # trained at the family's size, not the test's 64 px
-    image = _image(comfy_server, entry, "7")  # the lower lane sampled with the new HGR through SafeCFG
-    assert image.shape == (64, 64, 3), image.shape
+    entry = run_training_template(comfy_server, g)
+    assert_trained_by_template(comfy_server, entry, HGR, ("sd3", 4096, 2048))
+
+
+# Half an hour on CI's 2-core CPU (measured here: 1,759 s; 40 steps at the family's 1024x1024 latents through the
+# MMDiT with gradients), so it runs only with --heavy; CI runs the test above at 64 px.
+@pytest.mark.heavy
+def test_training_template_trains_at_the_familys_own_size(comfy_server, sd35_checkpoint):
+    g = _test_size(_template("train_hgr_sd35"))
+    entry = run_training_template(comfy_server, g, image_size=0, timeout=3600)
+    assert_trained_by_template(comfy_server, entry, HGR, ("sd3", 4096, 2048), trained_size="1024x1024")
