@@ -14,6 +14,7 @@ import torch
 
 from ..safecfg_core.errors import (INPLACE_AUTOGRAD_HINT, SafeCFGError, TrainingCancelled, TrainingInputError,
                                    is_inplace_autograd_error)
+from ..safecfg_core.families import FAMILIES
 from ..safecfg_core.hgr import HGRConfig
 from ..safecfg_core.train import (PerCategory, PromptSet, TrainConfig, TrainingSession, TrainProgress,
                                   parse_per_category, per_category_tensor)
@@ -77,6 +78,9 @@ def encoder_and_config(model: Any, clip: Any) -> Tuple[ComfyTextEncoder, HGRConf
         token_dim, pooled_dim, family = model_widths(model)  # refuses Flux, saying why
     except (SafeCFGError, ValueError) as exc:
         raise format_exception(NODE, exc) from None
+    known = FAMILIES.get(family or "")
+    if known is not None and known.training_refusal:
+        raise node_error(NODE, known.training_refusal)
     text_encoder = ComfyTextEncoder(clip, with_pooled=pooled_dim > 0)
     probe = text_encoder([""])
     if token_dim is not None and probe.token_dim != token_dim:

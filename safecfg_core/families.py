@@ -55,6 +55,8 @@ class Family:
     """Whether its usual settings sample with a negative pass (cfg > 1); distilled variants are caught at cfg 1."""
     frames: int = 1
     note: str = ""
+    training_refusal: str = ""
+    """Why Train HGR cannot train through this family's model yet (empty: it can)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,11 @@ FAMILIES: Dict[str, Family] = {f.name: f for f in (
     Family("hidream", "HiDream-I1", 4096, 2048, "CLIP-L + CLIP-G (pooled), T5-XXL (tokens), Llama-3.1-8B (options)",
            "128 (T5 padded)", (1024, 1024), _NET_WIDE, ("HiDream",), ("hidream_i1", "hidream-i1"),
            note="I1 Full samples with CFG; Dev and Fast are distilled and run at cfg 1 (refused there). The Llama "
-                "states (conditioning_llama3) are not redirected."),
+                "states (conditioning_llama3) are not redirected.",
+           training_refusal="HiDream's model reads the prompt's Llama-3.1 states in every block beside the T5 tokens "
+                            "the HGR redirects, and the trainer gives the model tokens and the pooled vector only, so "
+                            "an HGR cannot be trained through HiDream yet. SafeCFG and the detector do run on "
+                            "HiDream with an HGR of its family."),
     Family("demo", "SafeCFG demo world", 384, 0, "MiniLM-L6", "77", (64, 64), _NET_DEMO, ("SafeCFGDemoConfig",)),
 )}
 """The families SafeCFG serves, by canonical name."""

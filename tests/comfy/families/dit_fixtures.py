@@ -42,6 +42,7 @@ class DiTFamily:
     latent: Tuple[str, Dict[str, Any]]  # the family's empty-latent node and its inputs
     slow: bool = False  # diffusion model of several hundred million parameters (width fixed by detection)
     steps: int = 2  # sampler steps in the tests (one for the slow ones: CFG and SafeCFG act from the first step)
+    model_node: Optional[str] = None  # a test-only node builds the model where no reduced file loads as the family
 
 
 _IMAGE = ("EmptySD3LatentImage", {"width": 64, "height": 64, "batch_size": 1})
@@ -52,12 +53,14 @@ FAMILIES: Dict[str, DiTFamily] = {f.name: f for f in (
     DiTFamily("qwen_image", "QwenImage", "vae_wan21.safetensors", _IMAGE, slow=True, steps=1),
     DiTFamily("chroma", "Chroma", "vae_kl16.safetensors", _IMAGE, slow=True, steps=1),
     DiTFamily("lumina2", "Lumina2", "vae_kl16.safetensors", _IMAGE, slow=True, steps=1),
+    DiTFamily("hidream", "HiDream", "vae_kl16.safetensors", _IMAGE, model_node="SafeCFGTestReducedHiDream"),
 )}
 
 
 def build_fixture_files(comfyui_root: Path, families: List[str]) -> Path:
     """The fixture folder with the files of ``families`` (built now where missing, in a subprocess)."""
-    missing = [f for f in families if not (FIXTURE_DIR / f"{f}.safetensors").exists()]
+    missing = [f for f in families
+               if FAMILIES[f].model_node is None and not (FIXTURE_DIR / f"{f}.safetensors").exists()]
     if missing or not (FIXTURE_DIR / SPIECE).exists():
         env = dict(os.environ)
         shims = [str(p) for p in _comfy.shim_paths_for(comfyui_root)]
@@ -101,10 +104,13 @@ def dit_server(comfyui_root: Path, dit_files: Path, tmp_path_factory) -> Iterato
 
 # -- graphs ------------------------------------------------------------------------------------------------------
 def loaders(family: str) -> Dict[str, Any]:
-    """Nodes 1-3 of every DiT graph: UNETLoader, the reduced text encoder, VAELoader."""
+    """Nodes 1-3 of every DiT graph: UNETLoader (or the family's test-only model node), the reduced text encoder,
+    VAELoader."""
     fam = FAMILIES[family]
+    model = ({"class_type": fam.model_node, "inputs": {"seed": 0}} if fam.model_node else
+             {"class_type": "UNETLoader", "inputs": {"unet_name": f"{family}.safetensors", "weight_dtype": "default"}})
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": f"{family}.safetensors", "weight_dtype": "default"}},
+        "1": model,
         "2": {"class_type": "SafeCFGTestReducedTextEncoder", "inputs": {"family": family, "tokenizer": SPIECE,
                                                                          "seed": 0}},
         "3": {"class_type": "VAELoader", "inputs": {"vae_name": fam.vae}},

@@ -1,12 +1,14 @@
-"""The DiT families (SD3/3.5, Wan 2.1 t2v, Qwen-Image, Chroma, Lumina 2) end to end in a real ComfyUI server.
+"""The DiT families (SD3/3.5, Wan 2.1 t2v, Qwen-Image, Chroma, Lumina 2, HiDream) end to end in a real ComfyUI server.
 
 Each graph is the family's example workflow at test size: ``UNETLoader`` (a diffusion model built by ComfyUI's own
 classes with fewer blocks; ComfyUI's detection loads it as the family, see ``dit_build.py``) + the test-only
 reduced text encoder (ComfyUI's own encoder classes and tokenizers at reduced depth, built in the server: T5-XXL,
 umT5-XXL, Qwen2.5-VL-7B and Gemma-2-2B cannot be held in CI; see ``dit_nodes``) + ``VAELoader`` -> stock
-``CLIPTextEncode`` -> SafeCFG -> stock ``KSampler`` -> ``SaveLatent`` and stock ``VAEDecode``. Token lengths are
-the families' own: SD3 77 CLIP + >= 77 T5 tokens, Wan 512 padded, Qwen-Image / Chroma / Lumina 2 unpadded, so
-the positive and the empty negative differ in length there.
+``CLIPTextEncode`` -> SafeCFG -> stock ``KSampler`` -> ``SaveLatent`` and stock ``VAEDecode``. HiDream's model
+comes from a test-only node instead of ``UNETLoader`` (ComfyUI's classes at a reduced size: its detection builds
+HiDream-I1's 17 B parameters from any file, see ``dit_nodes``); its Llama states ride in the conditioning as in
+ComfyUI. Token lengths are the families' own: SD3 77 CLIP + >= 77 T5 tokens, HiDream >= 128 T5 tokens, Wan 512
+padded, Qwen-Image / Chroma / Lumina 2 unpadded, so the positive and the empty negative differ in length there.
 """
 from __future__ import annotations
 
@@ -100,11 +102,11 @@ def test_gated_hgr_changes_harmful_and_keeps_clean(dit_server, ready, plain, fam
             assert torch.equal(base, safe), f"{family}: the clean prompt's sample changed"
 
 
-@pytest.mark.parametrize("family", [pytest.param(f, id=f) for f in ("sd3", "qwen_image")])
+@pytest.mark.parametrize("family", [pytest.param(f, id=f) for f in ("sd3", "qwen_image", "hidream")])
 def test_long_negative_of_another_length_is_redirected(dit_server, ready, plain, family):
-    """A negative longer than the prompt (SD3: T5 beyond its 77 padded tokens; Qwen-Image: unpadded) is
-    redirected. (Chroma's unpadded T5 differs in length already in the tests above, its empty negative being one
-    token.)"""
+    """A negative longer than the prompt (SD3: T5 beyond its 77 padded tokens; HiDream: beyond its 128; Qwen-Image:
+    unpadded) is redirected. (Chroma's unpadded T5 differs in length already in the tests above, its empty negative
+    being one token.)"""
     r = ready(family, LONG)
     gate = {"gate_mode": "hard", "threshold": r["threshold"]}
     safe = _latent(dit_server, fx.sampling_graph(family, r["harmful"], LONG, hgr=r["gated"], safecfg=gate,
@@ -121,3 +123,14 @@ def test_hgr_of_another_family_with_the_same_width_is_refused(dit_server, ready)
     message = dit_server.error_message(entry) or ""
     assert not dit_server.succeeded(entry)
     assert "SafeCFG" in message and "chroma" in message and "wan21" in message, message
+
+
+def test_an_sd3_hgr_on_hidream_is_refused(dit_server, ready):
+    """SD3 and HiDream give the same widths (4096-wide T5 tokens, 2048 pooled): the family the HGR records decides,
+    so the model must be detected as HiDream (ComfyUI's ``model_base.HiDream``), and an SD3 HGR is refused on it."""
+    ready("hidream")
+    fx.write_hgrs(dit_server, "sd3")
+    entry = dit_server.run(fx.sampling_graph("hidream", A, hgr="sd3_zero.safetensors"))
+    message = dit_server.error_message(entry) or ""
+    assert not dit_server.succeeded(entry)
+    assert "SafeCFG" in message and "sd3" in message and "hidream" in message, message

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 # (steps, rows per step): Lumina 2's file keeps its real-width (2304) refiners, about 0.4 B parameters, so a
 # training row costs seconds on CI's CPU; fewer, smaller steps still show the loss falling.
-STEPS_AND_BATCH = {"sd3": (16, 4), "lumina2": (6, 4), "chroma": (1, 2)}
+STEPS_AND_BATCH = {"sd3": (16, 4), "lumina2": (6, 4), "chroma": (1, 2), "hidream": (1, 2)}
 
 
 def _train_graph(family: str, name: str) -> dict:
@@ -83,3 +83,14 @@ def test_train_hgr_through_chroma_is_refused_with_why(comfyui_root, dit_server):
     message = run_fails(dit_server, g)
     assert "SafeCFG Train HGR:" in message and "add in place" in message and "Chroma" in message, message
     assert not (dit_server.hgr_dir / "chroma_trained.safetensors").exists()
+
+
+def test_train_hgr_through_hidream_is_refused_with_why(dit_server):
+    """HiDream's blocks read the prompt's Llama states beside the tokens the HGR redirects; the trainer does not
+    carry them, so the node refuses before encoding anything, in words (not the model's AttributeError), and writes
+    no file."""
+    from _family_graphs import run_fails
+
+    message = run_fails(dit_server, _train_graph("hidream", "hidream_trained"))
+    assert "SafeCFG Train HGR:" in message and "Llama-3.1 states" in message and "HiDream" in message, message
+    assert not (dit_server.hgr_dir / "hidream_trained.safetensors").exists()
