@@ -6,8 +6,9 @@ Qwen2.5-VL-7B, Gemma-2-2B, Llama-3.1-8B) and ComfyUI's stock ``CLIPLoader`` dete
 (``encoder.block.23...`` for T5) and builds the full-depth model, which CI can neither hold nor build. So this node
 builds **ComfyUI's own text-encoder classes** for the family (``sd3_clip.SD3ClipModel``, ``pixart_t5`` for Chroma,
 ``wan.WanT5Model``, ``qwen_image.QwenImageTEModel``, ``lumina2.LuminaModel``, ``hidream.HiDreamTEModel``) with
-ComfyUI's own tokenizers, through ComfyUI's own hook for a reduced configuration (``model_options['<encoder>_model_config']``, the hook
-``long_clipl`` uses): fewer layers and a narrow feed-forward, the real token width. Everything downstream is stock:
+ComfyUI's own tokenizers, through ComfyUI's own hook for a reduced configuration
+(``model_options['<encoder>_model_config']``, the hook ``long_clipl`` uses): fewer layers and a narrow feed-forward,
+the real token width. Everything downstream is stock:
 ``comfy.sd.CLIP``, CLIPTextEncode, the conditioning layout (T5 lengths, Qwen's template cut and attention mask,
 umT5's 512-token padding with zeroed padding).
 
