@@ -1,17 +1,18 @@
-"""SD1.5 and SDXL checkpoints that ComfyUI's stock ``CheckpointLoaderSimple`` loads, built with ComfyUI's own classes
-and random weights, cached once under the ignored ``.cache/`` folder.
+"""SD1.5, SD2.x, SDXL and SDXL-refiner checkpoints that ComfyUI's stock ``CheckpointLoaderSimple`` loads, built with
+ComfyUI's own classes and random weights, cached once under the ignored ``.cache/`` folder.
 
 What is real and what is reduced:
 
-* the text encoders are full size and ComfyUI's own: CLIP-L (SD1.5) and CLIP-L + CLIP-G (SDXL), with ComfyUI's
-  tokenizers, so CLIPTextEncode gives the 77x768 / 77x2048 (+1280 pooled) conditioning a user's checkpoint gives;
+* the text encoders are full size and ComfyUI's own: CLIP-L (SD1.5), OpenCLIP-H (SD2.x), CLIP-L + CLIP-G (SDXL),
+  CLIP-G (the refiner), with ComfyUI's tokenizers, so CLIPTextEncode gives the 77x768 / 77x1024 / 77x2048 (+1280
+  pooled) / 77x1280 (+1280 pooled) conditioning a user's checkpoint gives;
 * the VAE is ComfyUI's SD/SDXL AutoencoderKL at full size (ComfyUI's VAE detection fixes its layout);
-* the UNet keeps every key ComfyUI's detection matches a family on (``comfy/supported_models.py``: SD15's model
-  channels, context width and non-linear transformer projections; SDXL's model channels, context width, ADM width
-  and its exact ``transformer_depth`` [0, 0, 2, 2, 10, 10]) and is reduced only where detection does not look:
-  SD1.5 gets two levels of one block each, SDXL keeps its three levels and transformer depths but every level at
-  320 channels (``channel_mult`` [1, 1, 1]) and a thin decoder. The builder checks that ComfyUI detects the saved
-  file as ``SD15`` / ``SDXL`` with the config it was built from.
+* the UNet keeps every key ComfyUI's detection matches a family on (``comfy/supported_models.py``: model channels,
+  context width, linear or convolutional transformer projections, ADM width, and for SDXL and its refiner the exact
+  ``transformer_depth``, [0, 0, 2, 2, 10, 10] and [0, 0, 4, 4, 4, 4, 0, 0]) and is reduced only where detection does
+  not look: SD1.5 and SD2.x get two levels of one block each; SDXL and the refiner keep their levels and transformer
+  depths but every level at the first level's channels (``channel_mult`` of ones) and a thin decoder. The builder
+  checks that ComfyUI detects the saved file as ``SD15`` / ``SD20`` / ``SDXL`` / ``SDXLRefiner``.
 
 The files are written by :func:`main` in a subprocess (ComfyUI's modules read the command line at import and keep
 global state), in fp16, keyed by :data:`VERSION`: change anything here and bump it.
@@ -25,9 +26,11 @@ from pathlib import Path
 from typing import Dict
 
 VERSION = "sd-ckpt-v1"
-CHECKPOINTS: Dict[str, str] = {"sd15": "safecfg_test_sd15.safetensors", "sdxl": "safecfg_test_sdxl.safetensors"}
+CHECKPOINTS: Dict[str, str] = {"sd15": "safecfg_test_sd15.safetensors", "sdxl": "safecfg_test_sdxl.safetensors",
+                               "sd2": "safecfg_test_sd2.safetensors",
+                               "sdxl_refiner": "safecfg_test_sdxl_refiner.safetensors"}
 """File name of each family's checkpoint (the name the tests and templates load)."""
-COMFY_CLASS = {"sd15": "SD15", "sdxl": "SDXL"}
+COMFY_CLASS = {"sd15": "SD15", "sdxl": "SDXL", "sd2": "SD20", "sdxl_refiner": "SDXLRefiner"}
 
 _COMMON = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
            "legacy": False, "in_channels": 4, "model_channels": 320, "use_temporal_attention": False,
@@ -40,6 +43,14 @@ UNET_CONFIGS = {
              "channel_mult": [1, 1, 1], "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 1,
              "transformer_depth_output": [0, 0, 0, 0, 0, 0, 1, 1, 1], "use_linear_in_transformer": True,
              "context_dim": 2048, "num_head_channels": 64},
+    "sd2": {**_COMMON, "adm_in_channels": None, "num_res_blocks": [1, 1], "channel_mult": [1, 1],
+            "transformer_depth": [1, 1], "transformer_depth_middle": 1, "transformer_depth_output": [1, 1, 1, 1],
+            "use_linear_in_transformer": True, "context_dim": 1024, "num_head_channels": 64},
+    "sdxl_refiner": {**_COMMON, "model_channels": 384, "num_classes": "sequential", "adm_in_channels": 2560,
+                     "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 1, 1, 1],
+                     "transformer_depth": [0, 0, 4, 4, 4, 4, 0, 0], "transformer_depth_middle": 1,
+                     "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+                     "use_linear_in_transformer": True, "context_dim": 1280, "num_head_channels": 64},
 }
 VAE_CONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
               "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}

@@ -32,12 +32,12 @@ _root_conftest = _load("_safecfg_tests_root_conftest_families", _HERE.parents[1]
 
 @pytest.fixture(scope="session")
 def sd_checkpoint_files(comfyui_root) -> Dict[str, Path]:
-    """``{"sd15": path, "sdxl": path}``: the cached stock-loader checkpoints (built on first use)."""
+    """``{family: path}`` (sd15, sdxl, sd2, sdxl_refiner): the cached stock-loader checkpoints (built on first use)."""
     return model_fixtures.ensure_checkpoints(Path(comfyui_root), _root_conftest.CACHE_DIR)
 
 
 @pytest.fixture(scope="session")
 def sd_checkpoints(comfy_server, sd_checkpoint_files) -> Dict[str, str]:
-    """``{"sd15": file name, "sdxl": file name}``: the checkpoints in the server's checkpoints folder."""
+    """``{family: file name}``: the checkpoints in the server's checkpoints folder."""
     place_files(comfy_server.workdir / "models" / "checkpoints", sd_checkpoint_files.values())
     return {family: path.name for family, path in sd_checkpoint_files.items()}

@@ -2,9 +2,10 @@
 
 ``python dit_build.py COMFYUI_ROOT OUT_DIR FAMILY...`` writes, for each family, ``<family>.safetensors``: the
 diffusion model in the layout ComfyUI's ``UNETLoader`` reads, plus the VAEs the families decode with
-(``vae_kl16.safetensors``: the 16-channel AutoencoderKL of SD3/Flux/Chroma/Lumina 2; ``vae_wan21.safetensors``:
-the Wan 2.1 VAE that Qwen-Image also uses), and ``spiece_<n>.safetensors``: a small SentencePiece model for the encoders
-whose tokenizer ships in the weights file rather than in ComfyUI (umT5, Gemma).
+(``vae_kl16.safetensors``: the 16-channel AutoencoderKL of SD3/Flux/Chroma/Lumina 2/HiDream;
+``vae_wan21.safetensors``: the Wan 2.1 VAE that Qwen-Image also uses; ``vae_wan22.safetensors``: the 48-channel Wan
+2.2 VAE), and ``spiece_<n>.safetensors``: a small SentencePiece model for the encoders whose tokenizer ships in the
+weights file rather than in ComfyUI (umT5, Gemma).
 
 How a reduced model stays the family: each family starts from a few *key names and shapes* that ComfyUI's
 ``model_detection.detect_unet_config`` reads; ComfyUI's detection turns them into the config, ComfyUI's supported
@@ -34,6 +35,9 @@ DETECT_KEYS: Dict[str, Shapes] = {
     # Wan 2.1 t2v: width from head.modulation (128 -> 1 head), one block; text_dim keeps umT5's 4096
     "wan21": {"head.modulation": (1, 2, 128), "head.head.weight": (64, 128), "blocks.0.ffn.0.weight": (256, 128),
               "patch_embedding.weight": (128, 16, 1, 2, 2)},
+    # Wan 2.2 TI2V 5B: as Wan 2.1's, with the 48-channel latents of the Wan 2.2 VAE in and out (WAN22_T2V)
+    "wan22": {"head.modulation": (1, 2, 128), "head.head.weight": (192, 128), "blocks.0.ffn.0.weight": (256, 128),
+              "patch_embedding.weight": (128, 48, 1, 2, 2)},
     # Qwen-Image: one of 60 blocks; the width (3072) and Qwen2.5-VL's 3584-wide tokens are fixed by the class
     "qwen_image": {"txt_norm.weight": (3584,), "img_in.weight": (3072, 64),
                    "transformer_blocks.0.img_mod.1.weight": (1,)},
@@ -44,10 +48,13 @@ DETECT_KEYS: Dict[str, Shapes] = {
     "lumina2": {"cap_embedder.1.weight": (2304, 2304), "layers.0.attention.qkv.weight": (1,)},
 }
 # Which VAE each family decodes with, as the keys comfy.sd.VAE detects it by.
-VAE_OF = {"sd3": "kl16", "chroma": "kl16", "lumina2": "kl16", "wan21": "wan21", "qwen_image": "wan21"}
+VAE_OF = {"sd3": "kl16", "chroma": "kl16", "lumina2": "kl16", "wan21": "wan21", "qwen_image": "wan21", "wan22": "wan22",
+          "hidream": "kl16"}
 VAE_KEYS: Dict[str, Shapes] = {
     "kl16": {"decoder.conv_in.weight": (512, 16, 3, 3), "decoder.up.3.upsample.conv.weight": (512, 512, 3, 3)},
     "wan21": {"decoder.middle.0.residual.0.gamma": (384, 1, 1, 1)},
+    "wan22": {"decoder.middle.0.residual.0.gamma": (1024, 1, 1, 1),
+              "decoder.upsamples.0.upsamples.0.residual.2.weight": (1024, 1024, 3, 3, 3)},
 }
 SPIECE_VOCAB = 1000
 

@@ -40,7 +40,7 @@ class DiTFamily:
     comfy_class: str  # ComfyUI's supported-model class the file must load as
     vae: str
     latent: Tuple[str, Dict[str, Any]]  # the family's empty-latent node and its inputs
-    slow: bool = False  # diffusion model of several hundred million parameters (width fixed by detection)
+    slow: bool = False  # several hundred million parameters (width fixed by detection), built on first use
     steps: int = 2  # sampler steps in the tests (one for the slow ones: CFG and SafeCFG act from the first step)
     model_node: Optional[str] = None  # a test-only node builds the model where no reduced file loads as the family
 
@@ -50,6 +50,10 @@ FAMILIES: Dict[str, DiTFamily] = {f.name: f for f in (
     DiTFamily("sd3", "SD3", "vae_kl16.safetensors", _IMAGE),
     DiTFamily("wan21", "WAN21_T2V", "vae_wan21.safetensors",
               ("EmptyHunyuanLatentVideo", {"width": 64, "height": 64, "length": 5, "batch_size": 1})),
+    # the Wan 2.2 5B example's latent node takes the VAE; slow: its VAE is the real one, 0.7 B parameters
+    DiTFamily("wan22", "WAN22_T2V", "vae_wan22.safetensors",
+              ("Wan22ImageToVideoLatent", {"vae": ["3", 0], "width": 64, "height": 64, "length": 5, "batch_size": 1}),
+              slow=True, steps=1),
     DiTFamily("qwen_image", "QwenImage", "vae_wan21.safetensors", _IMAGE, slow=True, steps=1),
     DiTFamily("chroma", "Chroma", "vae_kl16.safetensors", _IMAGE, slow=True, steps=1),
     DiTFamily("lumina2", "Lumina2", "vae_kl16.safetensors", _IMAGE, slow=True, steps=1),

@@ -1,4 +1,5 @@
-"""The DiT families (SD3/3.5, Wan 2.1 t2v, Qwen-Image, Chroma, Lumina 2, HiDream) end to end in a real ComfyUI server.
+"""The DiT families (SD3/3.5, Wan 2.1 and 2.2 t2v, Qwen-Image, Chroma, Lumina 2, HiDream) end to end in a real ComfyUI
+server.
 
 Each graph is the family's example workflow at test size: ``UNETLoader`` (a diffusion model built by ComfyUI's own
 classes with fewer blocks; ComfyUI's detection loads it as the family, see ``dit_build.py``) + the test-only

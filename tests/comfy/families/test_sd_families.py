@@ -1,6 +1,7 @@
-"""SD1.5 and SDXL through ComfyUI's stock nodes in the real server: CheckpointLoaderSimple -> CLIPTextEncode ->
-SafeCFG -> KSampler -> VAEDecode, on checkpoints built with ComfyUI's own classes (full-size CLIP-L / CLIP-G, a
-reduced UNet that ComfyUI still detects as SD15 / SDXL; tests/comfy/model_fixtures.py), and Train HGR through them.
+"""SD1.5, SD2.x, SDXL and the SDXL refiner through ComfyUI's stock nodes in the real server: CheckpointLoaderSimple
+-> CLIPTextEncode -> SafeCFG -> KSampler -> VAEDecode, on checkpoints built with ComfyUI's own classes (full-size
+CLIP-L / OpenCLIP-H / CLIP-G, a reduced UNet that ComfyUI still detects as SD15 / SD20 / SDXL / SDXLRefiner;
+tests/comfy/model_fixtures.py), and Train HGR through SD1.5 and SDXL.
 
 The HGRs here are made by hand: an untrained one (zero output: must be plain CFG bit for bit) and one with random
 output layers whose threshold is set between two prompts' scores, as the server's Harmfulness Detector reports them
@@ -21,7 +22,7 @@ from _family_graphs import (detector_graph, detector_score, family_graph, run_fa
 
 pytestmark = pytest.mark.slow
 
-FAMILY = {"sd15": "sd1", "sdxl": "sdxl"}
+FAMILY = {"sd15": "sd1", "sdxl": "sdxl", "sd2": "sd2", "sdxl_refiner": "sdxl_refiner"}
 # Of different lengths, so that even a random CLIP encodes them far apart (most of a short prompt's 77 tokens are
 # the end-token padding).
 PROMPTS = ("a large blue circle on a yellow background",
@@ -64,7 +65,7 @@ def family_hgrs(comfy_server, sd_checkpoints) -> Callable[[str], Dict[str, Any]]
     return get
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", list(FAMILY))
 def test_zero_hgr_bit_identical_and_gated_hgr_moves_only_harmful(comfy_server, sd_checkpoints, family_hgrs, family):
     ckpt, h = sd_checkpoints[family], family_hgrs(family)
     for prompt, should_change in ((h["harmful"], True), (h["clean"], False)):

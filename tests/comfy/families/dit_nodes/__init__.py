@@ -39,6 +39,7 @@ def _targets() -> Dict[str, Tuple[Any, Any, Dict[str, dict], bool]]:
                 {"clip_l_model_config": _CLIP, "clip_g_model_config": _CLIP, "t5xxl_model_config": _T5}, False),
         "chroma": (pixart_t5.pixart_te(), pixart_t5.PixArtTokenizer, {"t5xxl_model_config": _T5}, False),
         "wan21": (wan.te(), wan.WanT5Tokenizer, {"umt5xxl_model_config": _T5}, True),
+        "wan22": (wan.te(), wan.WanT5Tokenizer, {"umt5xxl_model_config": _T5}, True),  # the same umT5-XXL
         "qwen_image": (qwen_image.te(), qwen_image.QwenImageTokenizer,
                        {"qwen25_7b_model_config": {"num_hidden_layers": 1, "vocab_size": VOCAB_ROWS, **_THIN}}, False),
         "lumina2": (lumina2.te(), lumina2.LuminaTokenizer,
