@@ -126,12 +126,15 @@ def test_hgr_of_another_family_with_the_same_width_is_refused(dit_server, ready)
     assert "SafeCFG" in message and "chroma" in message and "wan21" in message, message
 
 
-def test_an_sd3_hgr_on_hidream_is_refused(dit_server, ready):
-    """SD3 and HiDream give the same widths (4096-wide T5 tokens, 2048 pooled): the family the HGR records decides,
-    so the model must be detected as HiDream (ComfyUI's ``model_base.HiDream``), and an SD3 HGR is refused on it."""
-    ready("hidream")
-    fx.write_hgrs(dit_server, "sd3")
-    entry = dit_server.run(fx.sampling_graph("hidream", A, hgr="sd3_zero.safetensors"))
+@pytest.mark.parametrize("family,other", [pytest.param("hidream", "sd3", id="sd3-on-hidream"),
+                                          pytest.param("wan22", "wan21", id="wan21-on-wan22")])
+def test_an_hgr_of_a_family_with_the_same_widths_is_refused(dit_server, ready, family, other):
+    """SD3 and HiDream give the same widths (4096-wide T5 tokens, 2048 pooled), as do Wan 2.1 and 2.2 (umT5): the
+    family the HGR records decides, so the model must be detected as its own family (ComfyUI's ``HiDream`` /
+    ``WAN22_T2V``), and the other family's HGR is refused on it, naming both."""
+    ready(family)
+    fx.write_hgrs(dit_server, other)
+    entry = dit_server.run(fx.sampling_graph(family, A, hgr=f"{other}_zero.safetensors"))
     message = dit_server.error_message(entry) or ""
     assert not dit_server.succeeded(entry)
-    assert "SafeCFG" in message and "sd3" in message and "hidream" in message, message
+    assert f"This HGR was trained for {other} (4096-wide tokens) but the model is {family}" in message, message
