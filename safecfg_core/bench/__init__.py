@@ -26,8 +26,9 @@ Models (``--models``):
   ComfyUI). Conditionings are random tensors of the family's shapes (the text encoder is not part of sampling time);
   SDXL's ADM vector ``y`` is the pooled vector followed by zeros for the size embeddings.
 
-* ``sd3``, ``qwen_image``, ``wan21``, ``chroma``, ``lumina2``: what ComfyUI builds for a checkpoint of the family
-  (SD3.5 Large, Qwen-Image, Wan 2.1 14B t2v, Chroma, Lumina Image 2.0): the released checkpoint's key shapes through
+* ``sd3``, ``qwen_image``, ``wan21``, ``wan22``, ``chroma``, ``lumina2``, ``hidream``: what ComfyUI builds for a
+  checkpoint of the family (SD3.5 Large, Qwen-Image, Wan 2.1 14B t2v, Wan 2.2 TI2V 5B, Chroma, Lumina Image 2.0,
+  HiDream-I1 Full, whose Llama-3.1 states are random too): the released checkpoint's key shapes through
   ComfyUI's own model detection, random init (bf16 by default on CUDA), run through ``BaseModel.apply_model`` with
   ComfyUI's ``model_sampling`` as the schedule, at the family's usual size (``bench/comfy_dit.py``).
 

@@ -21,9 +21,11 @@ from .time_training import bench_training
 
 COMMAND = "bench"
 HELP = "time CFG, SafeCFG, negative-prompt CFG and SLD sampling, and HGR training"
-DIT_MODELS = ("sd3", "qwen_image", "wan21", "chroma", "lumina2")  # comfy_dit.DIT_FAMILIES (imported lazily)
+# comfy_dit.DIT_FAMILIES (that module imports ComfyUI's helpers lazily, so it is not imported here)
+DIT_MODELS = ("sd3", "qwen_image", "wan21", "wan22", "chroma", "lumina2", "hidream")
 MODELS = ("demo", "sd15", "sdxl") + DIT_MODELS
-TRAIN_BATCH = {"demo": 16, "sd15": 8, "sdxl": 4, "sd3": 2, "qwen_image": 2, "wan21": 2, "chroma": 2, "lumina2": 2}
+TRAIN_BATCH = {"demo": 16, "sd15": 8, "sdxl": 4, "sd3": 2, "qwen_image": 2, "wan21": 2, "wan22": 2, "chroma": 2,
+               "lumina2": 2, "hidream": 2}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

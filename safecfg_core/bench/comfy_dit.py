@@ -1,11 +1,13 @@
-"""ComfyUI's own DiT-family denoisers for the benchmark (``--models sd3,qwen_image,wan21,chroma,lumina2``).
+"""ComfyUI's own DiT-family denoisers for the benchmark (``--models sd3,qwen_image,wan21,wan22,chroma,lumina2,
+hidream``).
 
 Like ``comfy_unet`` (whose import and initialisation it shares), this touches ComfyUI only when these models are
 asked for, from a checkout the user names. The model is what ComfyUI builds for a checkpoint of the family:
 
 * full size: a few key names and shapes of the real checkpoint go through ComfyUI's own
   ``model_detection.model_config_from_unet``, whose supported-model class builds the model (SD3.5 Large, Qwen-Image,
-  Wan 2.1 14B t2v, Chroma, Lumina Image 2.0), random weights, ``--dtype``, at the family's usual size;
+  Wan 2.1 14B t2v, Wan 2.2 TI2V 5B, Chroma, Lumina Image 2.0, HiDream-I1 Full), random weights, ``--dtype``, at
+  the family's usual size;
 * ``--quick``: the same classes from a small explicit config (one or two blocks, narrow) that keeps the family's
   token width, at 8x8 latents (2 latent frames for Wan), so CI runs every family on a CPU in seconds.
 
@@ -42,6 +44,9 @@ REAL_KEYS: Dict[str, Dict[str, Tuple[int, ...]]] = {
                "distilled_guidance_layer.norms.0.scale": (5120,), **_blocks("double_blocks.", 19),
                **_blocks("single_blocks.", 38)},
     "lumina2": {"cap_embedder.1.weight": (2304, 2304), **_blocks("layers.", 26)},
+    "wan22": {"head.modulation": (1, 2, 3072), "head.head.weight": (192, 3072), "blocks.0.ffn.0.weight": (14336, 3072),
+              "patch_embedding.weight": (3072, 48, 1, 2, 2), **_blocks("blocks.", 30)},  # Wan 2.2 TI2V 5B
+    "hidream": {"caption_projection.0.linear.weight": (1,)},  # ComfyUI's detection fixes HiDream-I1's config
 }
 # --quick: the same classes, small, the family's token width kept.
 QUICK_CONFIGS: Dict[str, Dict[str, Any]] = {
@@ -62,6 +67,14 @@ QUICK_CONFIGS: Dict[str, Dict[str, Any]] = {
     "lumina2": {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 128, "cap_feat_dim": 2304,
                 "n_layers": 1, "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 1, "qk_norm": True,
                 "axes_dims": [32, 16, 16], "axes_lens": [300, 512, 512]},
+    "wan22": {"image_model": "wan2.1", "model_type": "t2v", "dim": 128, "out_dim": 48, "num_heads": 1, "ffn_dim": 256,
+              "num_layers": 1, "patch_size": (1, 2, 2), "freq_dim": 256, "window_size": (-1, -1), "qk_norm": True,
+              "cross_attn_norm": True, "eps": 1e-6, "in_dim": 48},
+    "hidream": {"image_model": "hidream", "attention_head_dim": 128, "axes_dims_rope": [64, 32, 32],
+                "caption_channels": [4096, 4096], "max_resolution": [128, 128], "in_channels": 16, "out_channels": 16,
+                "patch_size": 2, "text_emb_dim": 2048, "num_layers": 1, "num_single_layers": 1,
+                "num_attention_heads": 1, "num_routed_experts": 2, "num_activated_experts": 1,
+                "llama_layers": [0, 1]},
 }
 # family: (token width, pooled width, text tokens, latent shape at the usual size, what that size is). Qwen-Image's
 # and Wan's latents have a frame axis (ComfyUI adds it to Qwen-Image's empty image latents before sampling).
@@ -71,7 +84,10 @@ SHAPES: Dict[str, Tuple[int, int, int, list, str]] = {
     "wan21": (4096, 0, 512, [1, 16, 21, 60, 104], "832x480 px, 81 frames, 512 umT5 tokens"),
     "chroma": (4096, 0, 128, [1, 16, 128, 128], "1024x1024 px, 128 T5 tokens"),
     "lumina2": (2304, 0, 128, [1, 16, 128, 128], "1024x1024 px, 128 Gemma tokens"),
+    "wan22": (4096, 0, 512, [1, 48, 31, 44, 80], "1280x704 px, 121 frames, 512 umT5 tokens"),
+    "hidream": (4096, 2048, 128, [1, 16, 128, 128], "1024x1024 px, 128 T5 and 128 Llama tokens"),
 }
+VIDEO_FAMILIES = ("wan21", "wan22")
 DIT_FAMILIES = tuple(SHAPES)
 
 
@@ -125,11 +141,23 @@ class ComfyApplyDenoiser:
     def __init__(self, model: Any, family: str) -> None:
         self.model = model
         self.family = family
+        self._llama: Optional[torch.Tensor] = None
+
+    def _llama_states(self, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
+        """HiDream's blocks read the prompt's Llama-3.1 states (one layer per block) beside the T5 tokens: random
+        states of that shape, drawn once (the time does not depend on what they say)."""
+        layers = max(self.model.diffusion_model.llama_layers) + 1
+        if self._llama is None or self._llama.shape[0] != batch:
+            gen = torch.Generator().manual_seed(5)
+            self._llama = torch.randn(batch, layers, tokens, 4096, generator=gen).to(device, self.model.get_dtype())
+        return self._llama
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         extra: Dict[str, Any] = apply_model_extras(self.family, cond, x.shape[0], x.device)
-        if cond.pooled is not None and self.family == "sd3":
+        if cond.pooled is not None and self.family in ("sd3", "hidream"):
             extra["y"] = cond.pooled
+        if self.family == "hidream":
+            extra["encoder_hidden_states_llama3"] = self._llama_states(x.shape[0], cond.tokens.shape[1], x.device)
         out = self.model.apply_model(x, sigma, c_crossattn=cond.tokens, **extra)
         return out.float()
 
@@ -158,7 +186,7 @@ def build_comfy_dit(family: str, device: torch.device, dtype: torch.dtype, comfy
     root = import_comfy(comfyui, device)
     token_dim, pooled_dim, tokens, latent, size = SHAPES[family]
     if quick:
-        latent = latent[:2] + [2 if family == "wan21" else 1][:len(latent) - 4] + [8, 8]
+        latent = latent[:2] + [2 if family in VIDEO_FAMILIES else 1][:len(latent) - 4] + [8, 8]
         tokens, size = min(tokens, 32), "tiny config (--quick), 8x8 latents, " + str(min(tokens, 32)) + " tokens"
     model = build_model(family, device, dtype, quick)
     c, u, k = (random_cond(1, tokens, token_dim, pooled_dim, device, seed) for seed in (1, 2, 3))

@@ -46,7 +46,8 @@ def test_bench_quick_prints_the_table(tmp_path):
     assert quick["latents_s"] == pytest.approx(quick["latent_prompts"] * quick["sample_steps"] * proj["sample_step_s"])
 
 
-DIT_CLASSES = {"sd3": "SD3", "qwen_image": "QwenImage", "wan21": "WAN21_T2V", "chroma": "Chroma", "lumina2": "Lumina2"}
+DIT_CLASSES = {"sd3": "SD3", "qwen_image": "QwenImage", "wan21": "WAN21_T2V", "wan22": "WAN22_T2V", "chroma": "Chroma",
+               "lumina2": "Lumina2", "hidream": "HiDream"}
 
 
 def _comfy_shims(comfyui_root: Path):
@@ -60,9 +61,10 @@ def _comfy_shims(comfyui_root: Path):
     return comfy_conftest.shim_paths_for(comfyui_root)
 
 
-# Parameters of the released models (SD3.5 Large 8.1B, Qwen-Image 20B, Wan 2.1 T2V 14B, Chroma 8.9B, Lumina Image
-# 2.0 2.6B), in billions, +-3%.
-REAL_BILLIONS = {"sd3": 8.1, "qwen_image": 20.4, "wan21": 14.3, "chroma": 8.9, "lumina2": 2.6}
+# Parameters of the released models (SD3.5 Large 8.1B, Qwen-Image 20B, Wan 2.1 T2V 14B, Wan 2.2 TI2V 5B, Chroma 8.9B,
+# Lumina Image 2.0 2.6B, HiDream-I1 17B), in billions, +-3%.
+REAL_BILLIONS = {"sd3": 8.1, "qwen_image": 20.4, "wan21": 14.3, "wan22": 5.0, "chroma": 8.9, "lumina2": 2.6,
+                 "hidream": 17.1}
 
 
 @pytest.mark.slow
