@@ -213,8 +213,15 @@ class ComfyPage:
         box = canvas.bounding_box()
         search = self.page.locator(".comfy-vue-node-search-container input, [role=dialog] input[type=text],"
                                    " .node-search-box input").first
-        for attempt in range(2):  # a double-click that lands while a toast fades is taken as two single clicks
-            self.page.mouse.dblclick(box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.55)
+        # a double-click that lands while a toast fades, or while the canvas is still busy after the clear, is taken
+        # as two single clicks: try again a few times, at another empty spot, after the page settles
+        spots = ((0.45, 0.55), (0.55, 0.45), (0.35, 0.65), (0.6, 0.6))
+        for attempt, (fx, fy) in enumerate(spots):
+            if attempt:
+                self.page.keyboard.press("Escape")
+                self.settle()
+                self.page.wait_for_timeout(500)
+            self.page.mouse.dblclick(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
             try:
                 search.wait_for(state="visible", timeout=5_000)
                 break
